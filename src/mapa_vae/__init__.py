@@ -1,0 +1,28 @@
+"""mapa-vae: train latent-variable generative models without an encoder, using MAPA.
+
+MAPA (model-agnostic posterior approximation) is a deterministic posterior over training indices,
+``MAPA(n | x) ∝ exp(−‖x − x_n‖² / (2h²))``, computed from the data alone, once, before training.
+"""
+from . import datasets
+from .empirical import EmpiricalizedModel
+from .evaluation import KLEstimate, compare_posteriors, log_marginal, test_kl
+from .ground_truth import GroundTruth
+from .likelihood import GaussianLikelihood
+from .mapa import MAPAPosterior
+from .priors import StandardNormal, Uniform
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmpiricalizedModel",
+    "GaussianLikelihood",
+    "GroundTruth",
+    "KLEstimate",
+    "MAPAPosterior",
+    "StandardNormal",
+    "Uniform",
+    "compare_posteriors",
+    "datasets",
+    "log_marginal",
+    "test_kl",
+]

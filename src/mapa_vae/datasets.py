@@ -1,0 +1,149 @@
+"""Built-in ground-truth families, each with a non-identifiable twin, and user-defined ones.
+
+Every family is ``(prior, f, σ)``; its twin is ``f ∘ T`` for a map ``T`` that preserves the prior,
+so model and twin share ``p(x)`` but not ``p(z | x)``. With ``t = Φ(z)`` for a standard normal:
+
+=============== ======== ============================================= ====== ======================
+name            prior    f                                              σ      twin
+=============== ======== ============================================= ====== ======================
+quadratic       U[0,1]   (0.5 − z)²                                     0.02   0.25 z²
+absolute-value  N(0,1)   |z|                                            0.1    Φ⁻¹((Φ(z) + 1)/2)
+circle          N(0,1)   (cos 2πt, sin 2πt)                             0.1    t ↦ t + ¼ (mod 1)
+spiral          N(0,1)   (0.3 + t)(cos 3πt, sin 3πt)                    0.05   f(−z)
+figure-8        N(0,1)   (cos 2πt, ½ sin 4πt)  (lemniscate of Gerono)   0.05   f(−z)
+clusters        N(0,1)   2 (cos ½πs, sin ½πs), s = Σ_{j=1}^{3} σ((t − j/4)/0.01)   0.1    f(−z)
+swiss-roll      U[0,1]²  (φ cos φ / 10, 2 z₂, φ sin φ / 10), φ = 1.5π(1 + 2 z₁)   0.05   (z₁, z₂) ↦ (1 − z₁, 1 − z₂)
+=============== ======== ============================================= ====== ======================
+
+``clusters`` puts almost all mass on four centres 2.8 apart (28 σ) joined by thin bridges.
+
+A user's own ground truth lives in a Python file; ``"path/to/file.py:name"`` names an object in it
+that is a :class:`~mapa_vae.GroundTruth` or a function of no arguments returning one. Its twin, if
+asked for, is the object named ``name_twin``. Such a spec is accepted wherever a dataset name is.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from .ground_truth import GroundTruth
+
+_ndtr, _ndtri = torch.special.ndtr, torch.special.ndtri
+
+
+def _quadratic(twin: bool) -> GroundTruth:
+    f = (lambda z: 0.25 * z**2) if twin else (lambda z: (0.5 - z) ** 2)
+    return GroundTruth("uniform", f, sigma=0.02, name="quadratic")
+
+
+def _absolute_value(twin: bool) -> GroundTruth:
+    f = (lambda z: _ndtri(0.5 * (_ndtr(z) + 1.0))) if twin else torch.abs
+    return GroundTruth("normal", f, sigma=0.1, name="absolute-value")
+
+
+def _circle(twin: bool) -> GroundTruth:
+    shift = 0.25 if twin else 0.0
+
+    def f(z):
+        angle = 2 * math.pi * torch.remainder(_ndtr(z) + shift, 1.0)
+        return torch.cat([torch.cos(angle), torch.sin(angle)], dim=1)
+
+    return GroundTruth("normal", f, sigma=0.1, name="circle")
+
+
+def _flip_if(twin: bool, g):
+    """``f(z) = g(Φ(z))``, or ``f(−z) = g(1 − Φ(z))`` for the twin."""
+    return (lambda z: g(_ndtr(-z))) if twin else (lambda z: g(_ndtr(z)))
+
+
+def _spiral(twin: bool) -> GroundTruth:
+    def g(t):
+        return (0.3 + t) * torch.cat([torch.cos(3 * math.pi * t), torch.sin(3 * math.pi * t)], 1)
+
+    return GroundTruth("normal", _flip_if(twin, g), sigma=0.05, name="spiral")
+
+
+def _figure_8(twin: bool) -> GroundTruth:
+    def g(t):
+        return torch.cat([torch.cos(2 * math.pi * t), 0.5 * torch.sin(4 * math.pi * t)], 1)
+
+    return GroundTruth("normal", _flip_if(twin, g), sigma=0.05, name="figure-8")
+
+
+def _clusters(twin: bool) -> GroundTruth:
+    def g(t):
+        steps = sum(torch.sigmoid((t - j / 4) / 0.01) for j in (1, 2, 3))
+        angle = 0.5 * math.pi * steps
+        return 2.0 * torch.cat([torch.cos(angle), torch.sin(angle)], 1)
+
+    return GroundTruth("normal", _flip_if(twin, g), sigma=0.1, name="clusters")
+
+
+def _swiss_roll(twin: bool) -> GroundTruth:
+    def f(z):
+        if twin:
+            z = 1.0 - z
+        phi = 1.5 * math.pi * (1 + 2 * z[:, :1])
+        return torch.cat([phi * torch.cos(phi) / 10, 2 * z[:, 1:], phi * torch.sin(phi) / 10], 1)
+
+    return GroundTruth("uniform", f, sigma=0.05, latent_dim=2, name="swiss-roll")
+
+
+BUILT_IN = {
+    "quadratic": _quadratic,
+    "absolute-value": _absolute_value,
+    "circle": _circle,
+    "spiral": _spiral,
+    "figure-8": _figure_8,
+    "clusters": _clusters,
+    "swiss-roll": _swiss_roll,
+}
+
+
+def names() -> list[str]:
+    """The built-in dataset names."""
+    return list(BUILT_IN)
+
+
+def get(name: str, twin: bool = False) -> GroundTruth:
+    """A ground truth by built-in name, or from ``"path/to/file.py:object"``.
+
+    ``twin=True`` gives the non-identifiable twin: same ``p(x)``, different ``p(z | x)``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"dataset must be a name or 'file.py:object', got {name!r}")
+    if ".py:" in name:
+        return load_from_file(name, twin=twin)
+    if name not in BUILT_IN:
+        raise ValueError(f"unknown dataset {name!r}; built-in datasets are {names()}, or give "
+                         f"'path/to/file.py:object'")
+    truth = BUILT_IN[name](bool(twin))
+    if twin:
+        truth.name = f"{name} (twin)"
+    return truth
+
+
+def load_from_file(spec: str, twin: bool = False) -> GroundTruth:
+    """Load ``"path/to/file.py:name"``: a GroundTruth, or a no-argument function returning one."""
+    path_text, _, object_name = spec.rpartition(":")
+    path = Path(path_text)
+    if not object_name:
+        raise ValueError(f"{spec!r} names no object; write 'path/to/file.py:object'")
+    if not path.is_file():
+        raise ValueError(f"ground-truth file {str(path)!r} does not exist")
+    if twin:
+        object_name = f"{object_name}_twin"
+    module_spec = importlib.util.spec_from_file_location(f"_mapa_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, object_name):
+        raise ValueError(f"{str(path)!r} defines no object named {object_name!r}")
+    obj = getattr(module, object_name)
+    truth = obj if isinstance(obj, GroundTruth) else (obj() if callable(obj) else obj)
+    if not isinstance(truth, GroundTruth):
+        raise ValueError(f"{object_name!r} in {str(path)!r} is not a GroundTruth (nor a function "
+                         f"returning one); got {type(truth).__name__}")
+    return truth

@@ -1,0 +1,243 @@
+"""MAPA: the model-agnostic posterior approximation over training indices.
+
+For training data ``x_1 … x_N`` and any point ``x``,
+
+    MAPA(n | x) = K_h(x, x_n) / Σ_m K_h(x, x_m),    K_h(x, y) = exp(−‖x − y‖² / (2h²)).
+
+With known observation noise ``σ``, ``h² = 2σ²``: the unknown ``f(z_n)`` is replaced by
+``x_n = f(z_n) + ε_n`` and the noise ``ε_n`` is integrated out. The weights depend on the data
+alone; they are computed once, before any model is trained.
+
+Sparse form: each row keeps its ``k`` nearest training points (itself included for a training
+point). The kernel mass dropped by the truncation is bounded per row, since every dropped point
+is at least as far as the ``k``-th neighbour ``d_(k)``:
+
+    dropped ≤ U / (S_k + U),    U = (N − k) K_h(d_(k)),    S_k = Σ_{kept} K_h,
+
+reported as ``truncation_bound_``; :meth:`MAPAPosterior.truncated_mass` computes it exactly.
+
+Bandwidth from the data alone (neither ``bandwidth`` nor ``sigma`` given): ``h`` maximises the
+leave-one-out log-likelihood of the Gaussian kernel density estimate,
+
+    LOO(h) = (1/N) Σ_i log[ (1/(N − 1)) Σ_{j ≠ i} N(x_i; x_j, h² I) ],
+
+with the inner sum over the kept neighbours. MAPA's weights are then the responsibilities of the
+kernel mixture that best predicts held-out training points from the others, which is what MAPA's
+``N(x; x_n, h² I) ≈ N(x; f(z_n), σ² I)`` asks for.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
+from scipy.spatial import KDTree
+from scipy.spatial.distance import cdist
+
+from .validation import as_data, check_positive_int
+
+_MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
+
+
+def kernel_log_weights(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Row-normalised ``log K_h`` from squared distances ``(n, m)``: ``log MAPA`` over columns."""
+    logits = -sqdist / (2.0 * bandwidth**2)
+    return logits - logsumexp(logits, axis=1, keepdims=True)
+
+
+def loo_log_likelihood(sqdist_others: np.ndarray, bandwidth: float, n_features: int) -> float:
+    """Mean leave-one-out log-likelihood of the Gaussian KDE with scale ``bandwidth``.
+
+    ``sqdist_others[i]`` holds squared distances from ``x_i`` to the other training points
+    (``inf`` marks an absent entry); there are ``N`` rows.
+    """
+    return -_NegativeLoo(sqdist_others, n_features)(math.log(bandwidth))
+
+
+class _NegativeLoo:
+    """``t ↦ −LOO(eᵗ)`` with each row's minimum factored out: one ``exp`` pass per call."""
+
+    def __init__(self, sqdist_others: np.ndarray, n_features: int):
+        self.d_min = sqdist_others.min(axis=1)
+        self.excess = sqdist_others - self.d_min[:, None]
+        self.n_features = n_features
+        self.log_n_others = math.log(sqdist_others.shape[0] - 1)
+
+    def __call__(self, log_h: float) -> float:
+        inv = 0.5 * math.exp(-2.0 * log_h)
+        log_sum = np.log(np.exp(-inv * self.excess).sum(axis=1)) - inv * self.d_min
+        d = self.n_features
+        log_norm = -d * log_h - 0.5 * d * math.log(2 * math.pi) - self.log_n_others
+        return -float(log_sum.mean() + log_norm)
+
+
+class MAPAPosterior:
+    """MAPA weights over training indices, in scikit-learn style.
+
+    Parameters
+    ----------
+    n_neighbors : int or None, default=32
+        Neighbours kept per row, the point itself included. ``None`` keeps every training point
+        (dense, exact; for small ``N``).
+    bandwidth : float, optional
+        Kernel scale ``h``. Give at most one of ``bandwidth`` and ``sigma``.
+    sigma : float, optional
+        Known observation noise; sets ``h = √2 σ``.
+    n_jobs : int, default=-1
+        Threads for the neighbour search (``-1``: all cores).
+
+    Attributes
+    ----------
+    weights_ : scipy.sparse.csr_matrix of shape (n_samples, n_samples)
+        Row-stochastic: row ``i`` is ``MAPA(· | x_i)``.
+    bandwidth_ : float
+        The kernel scale used.
+    bandwidth_rule_ : {"bandwidth", "sigma", "loo"}
+        Where ``bandwidth_`` came from.
+    neighbors_ : ndarray of shape (n_samples, k)
+        Column indices kept per row, nearest first.
+    truncation_bound_ : ndarray of shape (n_samples,)
+        Upper bound on the weight each row lost to neighbour truncation (zero when dense).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mapa_vae import MAPAPosterior
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> mapa = MAPAPosterior(n_neighbors=16, sigma=0.1).fit(X)
+    >>> np.allclose(mapa.weights_.sum(axis=1), 1.0)
+    True
+    """
+
+    def __init__(self, n_neighbors: int | None = 32, bandwidth: float | None = None,
+                 sigma: float | None = None, n_jobs: int = -1):
+        self.n_neighbors = n_neighbors
+        self.bandwidth = bandwidth
+        self.sigma = sigma
+        self.n_jobs = n_jobs
+
+    def __repr__(self) -> str:
+        return (f"MAPAPosterior(n_neighbors={self.n_neighbors}, bandwidth={self.bandwidth}, "
+                f"sigma={self.sigma})")
+
+    # ---------------------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Compute the weights for training data ``X`` of shape ``(n_samples, n_features)``."""
+        X = as_data(X, "X", min_samples=2)
+        n = X.shape[0]
+        k = self._check_params(n)
+        self.X_fit_ = X
+        self.n_features_in_ = X.shape[1]
+        self.dense_ = k == n
+        if self.dense_:
+            self.tree_ = None
+            sqdist = cdist(X, X, "sqeuclidean")
+            idx = np.broadcast_to(np.arange(n), (n, n))
+        else:
+            self.tree_ = KDTree(X)
+            dist, idx = self.tree_.query(X, k=k, workers=self.n_jobs)
+            sqdist = dist**2
+        self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist, idx)
+        self.neighbors_ = np.ascontiguousarray(idx)
+        self.weights_, self.truncation_bound_ = self._weights(sqdist, idx)
+        return self
+
+    def query(self, X) -> sparse.csr_matrix:
+        """Out-of-sample weights ``MAPA(n | x)`` for new rows, shape ``(n_rows, n_samples_fit)``."""
+        X = self._check_query(X)
+        if self.dense_:
+            sqdist = cdist(X, self.X_fit_, "sqeuclidean")
+            idx = np.broadcast_to(np.arange(self.X_fit_.shape[0]), sqdist.shape)
+        else:
+            dist, idx = self.tree_.query(X, k=self.neighbors_.shape[1], workers=self.n_jobs)
+            sqdist = dist**2
+        return self._weights(sqdist, idx)[0]
+
+    def log_weights(self, X) -> np.ndarray:
+        """Exact, untruncated ``log MAPA(n | x)`` over every training index, shape
+        ``(n_rows, n_samples_fit)``. Dense: meant for evaluation on modest sizes."""
+        X = self._check_query(X)
+        return kernel_log_weights(cdist(X, self.X_fit_, "sqeuclidean"), self.bandwidth_)
+
+    def truncated_mass(self) -> np.ndarray:
+        """Exact weight each training row lost to neighbour truncation, shape ``(n_samples,)``.
+
+        Costs ``O(N²)`` time (chunked, ``O(N · chunk)`` memory); zero when dense.
+        """
+        self._check_fitted()
+        n = self.X_fit_.shape[0]
+        if self.dense_:
+            return np.zeros(n)
+        kept = np.empty(n)
+        step = max(1, 4_000_000 // n)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            log_w = kernel_log_weights(cdist(self.X_fit_[rows], self.X_fit_, "sqeuclidean"),
+                                       self.bandwidth_)
+            kept[rows] = np.exp(np.take_along_axis(log_w, self.neighbors_[rows], axis=1)).sum(1)
+        return np.clip(1.0 - kept, 0.0, 1.0)
+
+    # ---------------------------------------------------------------------------------------
+    def _check_params(self, n: int) -> int:
+        if self.n_neighbors is None:
+            k = n
+        else:
+            k = check_positive_int(self.n_neighbors, "n_neighbors")
+            if k < 2:
+                raise ValueError(f"n_neighbors must be at least 2 (the point itself and one "
+                                 f"other), got {k}")
+            if k > n:
+                raise ValueError(f"n_neighbors={k} is larger than the number of samples ({n})")
+        if k == n and n * n > _MAX_DENSE_ENTRIES:
+            raise ValueError(f"dense MAPA for {n} samples needs an {n}x{n} matrix; "
+                             f"set n_neighbors (e.g. 32) for the sparse form")
+        if self.bandwidth is not None and self.sigma is not None:
+            raise ValueError("give at most one of bandwidth and sigma (sigma sets h = sqrt(2) sigma)")
+        for name in ("bandwidth", "sigma"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        return k
+
+    def _choose_bandwidth(self, sqdist: np.ndarray, idx: np.ndarray):
+        if self.bandwidth is not None:
+            return float(self.bandwidth), "bandwidth"
+        if self.sigma is not None:
+            return math.sqrt(2.0) * float(self.sigma), "sigma"
+        n = sqdist.shape[0]
+        others = np.where(idx == np.arange(n)[:, None], np.inf, sqdist)
+        positive = others[np.isfinite(others) & (others > 0)]
+        if positive.size == 0:
+            raise ValueError("cannot choose a bandwidth from the data: all points coincide; "
+                             "pass bandwidth or sigma")
+        nearest = np.sqrt(np.min(np.where(others > 0, others, np.inf), axis=1))
+        lo = 0.01 * float(np.median(nearest[np.isfinite(nearest)]))
+        hi = 2.0 * float(np.sqrt(positive.max()))
+        objective = _NegativeLoo(others, self.X_fit_.shape[1])
+        result = minimize_scalar(objective, bounds=(math.log(lo), math.log(hi)), method="bounded",
+                                 options={"xatol": 1e-4})
+        return float(math.exp(result.x)), "loo"
+
+    def _weights(self, sqdist: np.ndarray, idx: np.ndarray):
+        n_rows, k = sqdist.shape
+        n_fit = self.X_fit_.shape[0]
+        log_w = kernel_log_weights(sqdist, self.bandwidth_)
+        weights = sparse.csr_matrix(
+            (np.exp(log_w).ravel(), np.ascontiguousarray(idx).ravel(),
+             np.arange(0, n_rows * k + 1, k)), shape=(n_rows, n_fit))
+        weights.sort_indices()
+        if k == n_fit:
+            return weights, np.zeros(n_rows)
+        # log of U = (N − k) K(d_(k)) relative to the row's kept mass (log_w is already normalised)
+        log_u = math.log(n_fit - k) + log_w[:, -1]
+        return weights, np.exp(log_u - np.logaddexp(0.0, log_u))
+
+    def _check_fitted(self):
+        if not hasattr(self, "weights_"):
+            raise ValueError("this MAPAPosterior is not fitted yet; call fit(X) first")
+
+    def _check_query(self, X) -> np.ndarray:
+        self._check_fitted()
+        return as_data(X, "X", n_features=self.n_features_in_)

@@ -1,0 +1,30 @@
+"""Neural networks: the default decoder architecture and float64 evaluation copies."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (64, 64),
+        activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """A fully connected network ``in_dim → hidden… → out_dim`` with a linear output layer."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), activation()]
+        width = h
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+def float64_decoder(decoder: nn.Module):
+    """A float64, gradient-free copy of a decoder module, as a tensor → tensor function."""
+    module = copy.deepcopy(decoder).double().eval()
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(z)
+
+    return decode
