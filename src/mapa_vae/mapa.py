@@ -28,6 +28,8 @@ kernel mixture that best predicts held-out training points from the others, whic
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import sparse
@@ -39,6 +41,8 @@ from scipy.spatial.distance import cdist
 from .validation import as_data, check_positive_int
 
 _MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
+_AUTO_DENSE_MAX = 2048  # n_neighbors="auto": dense (exact) up to this many points
+_AUTO_NEIGHBORS = 32  # n_neighbors="auto": neighbours kept beyond that
 
 
 def kernel_log_weights(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -57,17 +61,24 @@ def loo_log_likelihood(sqdist_others: np.ndarray, bandwidth: float, n_features: 
 
 
 class _NegativeLoo:
-    """``t ↦ −LOO(eᵗ)`` with each row's minimum factored out: one ``exp`` pass per call."""
+    """``t ↦ −LOO(eᵗ)`` with each row's minimum factored out: one ``exp`` pass per call,
+    split over threads by rows (NumPy releases the GIL inside ``exp`` and ``sum``)."""
 
-    def __init__(self, sqdist_others: np.ndarray, n_features: int):
+    def __init__(self, sqdist_others: np.ndarray, n_features: int, n_threads: int = 1):
         self.d_min = sqdist_others.min(axis=1)
-        self.excess = sqdist_others - self.d_min[:, None]
+        self.chunks = np.array_split(sqdist_others - self.d_min[:, None], max(1, n_threads))
+        self.pool = ThreadPoolExecutor(len(self.chunks)) if len(self.chunks) > 1 else None
         self.n_features = n_features
         self.log_n_others = math.log(sqdist_others.shape[0] - 1)
 
     def __call__(self, log_h: float) -> float:
         inv = 0.5 * math.exp(-2.0 * log_h)
-        log_sum = np.log(np.exp(-inv * self.excess).sum(axis=1)) - inv * self.d_min
+
+        def row_sums(chunk):
+            return np.exp(chunk * -inv).sum(axis=1)
+
+        parts = self.pool.map(row_sums, self.chunks) if self.pool else map(row_sums, self.chunks)
+        log_sum = np.log(np.concatenate(list(parts))) - inv * self.d_min
         d = self.n_features
         log_norm = -d * log_h - 0.5 * d * math.log(2 * math.pi) - self.log_n_others
         return -float(log_sum.mean() + log_norm)
@@ -78,9 +89,9 @@ class MAPAPosterior:
 
     Parameters
     ----------
-    n_neighbors : int or None, default=32
+    n_neighbors : int, None or "auto", default="auto"
         Neighbours kept per row, the point itself included. ``None`` keeps every training point
-        (dense, exact; for small ``N``).
+        (dense, exact; for small ``N``). ``"auto"``: dense up to 2048 points, 32 beyond.
     bandwidth : float, optional
         Kernel scale ``h``. Give at most one of ``bandwidth`` and ``sigma``.
     sigma : float, optional
@@ -111,7 +122,7 @@ class MAPAPosterior:
     True
     """
 
-    def __init__(self, n_neighbors: int | None = 32, bandwidth: float | None = None,
+    def __init__(self, n_neighbors: int | str | None = "auto", bandwidth: float | None = None,
                  sigma: float | None = None, n_jobs: int = -1):
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
@@ -181,8 +192,10 @@ class MAPAPosterior:
 
     # ---------------------------------------------------------------------------------------
     def _check_params(self, n: int) -> int:
-        if self.n_neighbors is None:
+        if self.n_neighbors is None or (self.n_neighbors == "auto" and n <= _AUTO_DENSE_MAX):
             k = n
+        elif self.n_neighbors == "auto":
+            k = _AUTO_NEIGHBORS
         else:
             k = check_positive_int(self.n_neighbors, "n_neighbors")
             if k < 2:
@@ -215,23 +228,30 @@ class MAPAPosterior:
         nearest = np.sqrt(np.min(np.where(others > 0, others, np.inf), axis=1))
         lo = 0.01 * float(np.median(nearest[np.isfinite(nearest)]))
         hi = 2.0 * float(np.sqrt(positive.max()))
-        objective = _NegativeLoo(others, self.X_fit_.shape[1])
+        threads = os.cpu_count() if self.n_jobs == -1 else max(1, self.n_jobs)
+        threads = min(threads, max(1, n // 20_000))  # threads only pay off on large inputs
+        objective = _NegativeLoo(others, self.X_fit_.shape[1], threads)
         result = minimize_scalar(objective, bounds=(math.log(lo), math.log(hi)), method="bounded",
                                  options={"xatol": 1e-4})
         return float(math.exp(result.x)), "loo"
 
     def _weights(self, sqdist: np.ndarray, idx: np.ndarray):
+        """CSR weights from each row's kept squared distances, and the truncation bound."""
         n_rows, k = sqdist.shape
         n_fit = self.X_fit_.shape[0]
-        log_w = kernel_log_weights(sqdist, self.bandwidth_)
+        inv = 0.5 / self.bandwidth_**2
+        excess = sqdist - sqdist.min(axis=1, keepdims=True)
+        kernel = np.exp(excess * -inv)
+        row_sum = kernel.sum(axis=1)
+        kernel /= row_sum[:, None]
         weights = sparse.csr_matrix(
-            (np.exp(log_w).ravel(), np.ascontiguousarray(idx).ravel(),
-             np.arange(0, n_rows * k + 1, k)), shape=(n_rows, n_fit))
+            (kernel.ravel(), np.ascontiguousarray(idx).ravel(), np.arange(0, n_rows * k + 1, k)),
+            shape=(n_rows, n_fit))
         weights.sort_indices()
         if k == n_fit:
             return weights, np.zeros(n_rows)
-        # log of U = (N − k) K(d_(k)) relative to the row's kept mass (log_w is already normalised)
-        log_u = math.log(n_fit - k) + log_w[:, -1]
+        # log(U / S_k) with U = (N − k) K(d_(k)): the farthest kept weight times N − k
+        log_u = math.log(n_fit - k) - inv * excess.max(axis=1) - np.log(row_sum)
         return weights, np.exp(log_u - np.logaddexp(0.0, log_u))
 
     def _check_fitted(self):
