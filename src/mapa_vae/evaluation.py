@@ -68,9 +68,10 @@ def test_kl(truth, model_log_prob, n_samples: int = 5000, seed=None) -> KLEstima
     if n_samples < 2:
         raise ValueError("n_samples must be at least 2 to estimate a standard error")
     X, _ = truth.sample(n_samples, seed=seed)
-    diff = truth.log_prob(X) - np.asarray(model_log_prob(X), dtype=np.float64).reshape(-1)
-    if diff.shape != (n_samples,):
-        raise ValueError(f"model_log_prob returned {diff.shape[0]} values for {n_samples} points")
+    model = np.asarray(model_log_prob(X), dtype=np.float64).reshape(-1)
+    if model.shape != (n_samples,):
+        raise ValueError(f"model_log_prob returned {model.size} values for {n_samples} points")
+    diff = truth.log_prob(X) - model
     return KLEstimate(float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n_samples)),
                       n_samples)
 

@@ -69,7 +69,7 @@ class GroundTruth:
         if not isinstance(out, torch.Tensor):
             out = torch.as_tensor(np.asarray(out))
         out = out.to(torch.float64)
-        if out.ndim == 1 and z.shape[0] > 1:
+        if out.ndim == 1 and out.shape[0] == z.shape[0]:
             out = out[:, None]
         if out.ndim != 2 or out.shape[0] != z.shape[0]:
             raise ValueError(f"f returned shape {tuple(out.shape)} for {z.shape[0]} latent codes; "

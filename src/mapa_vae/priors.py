@@ -62,8 +62,9 @@ class Prior:
 
     def quadrature(self, nodes_per_dim: int):
         """Equal-mass grid: ``(nodes, log_weights)`` of shapes ``(M**d, d)`` and ``(M**d,)``."""
-        if nodes_per_dim < 1:
-            raise ValueError(f"nodes_per_dim must be positive, got {nodes_per_dim}")
+        if (isinstance(nodes_per_dim, bool) or not isinstance(nodes_per_dim, (int, np.integer))
+                or nodes_per_dim < 1):
+            raise ValueError(f"nodes_per_dim must be a positive integer, got {nodes_per_dim!r}")
         u = (torch.arange(nodes_per_dim, dtype=torch.float64) + 0.5) / nodes_per_dim
         nodes_1d = self.icdf(u)
         axes = [nodes_1d] * self.latent_dim
