@@ -130,7 +130,9 @@ def test_twin_has_the_same_marginal(name):
     assert np.isfinite(lp).all() and lp.shape == (X.shape[0],)
     diff = np.abs(lp - lp_twin)
     if name in GRID_PERMUTING_TWINS:
-        assert diff.max() < 1e-9
+        # the twin permutes the equal-mass interior exactly; the refined 1-D tails are not
+        # permuted (measured max 5.3e-8 for the circle)
+        assert diff.max() < 1e-6
     else:
         # quadratic and absolute-value: the twin's nodes are not the model's nodes mapped, so
         # the two quadratures differ by their discretisation error. Measured over 8 seeds x 500
@@ -248,11 +250,6 @@ def test_absolute_value_marginal_closed_form(twin):
                                rtol=0, atol=2e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "equal-mass quadrature runs out of nodes in the prior's tail (outermost node ~ 3.99 with "
-    "16384 nodes, spaced ~0.3 > sigma there): absolute-value's log p(x) is off by 0.56 nats "
-    "at x = 4 and 9.4 nats at x = 4.5 (twin: -0.14 and -3.5), so model and twin disagree on "
-    "rare points sampled from the model (10 nats on one of 500 points, seed 5)"))
 def test_absolute_value_marginal_in_the_tail():
     x = np.array([4.0, 4.5])
     exact = _absolute_value_log_marginal(x)

@@ -68,14 +68,13 @@ def test_linear_gaussian_1d_log_prob_matches_closed_form(lin1):
     lp = lin1.log_prob(X)
     assert lp.shape == (400,) and lp.dtype == np.float64
     exact = stats.multivariate_normal(B1, COV1).logpdf(X)
-    # The equal-mass grid (16384 nodes) ends at |z| ~ 4.0, so points whose posterior sits in the
-    # prior's far tail are less accurate (see the xfail test below). Judge the bulk tightly:
-    # posterior mean within 2.5 prior sd (measured max error 1e-9 there).
+    # Measured: max error 1.7e-6 (at posteriors near |z| ~ 2.6, where the graded tail cells
+    # meet the equal-mass interior), 1e-9 elsewhere in the bulk, 1e-5 in the far tail.
     bulk = np.abs(_post_mean1(X)) < 2.5
     assert bulk.sum() >= 380
-    np.testing.assert_allclose(lp[bulk], exact[bulk], rtol=0, atol=1e-6)
-    # and every sampled point is still close
-    np.testing.assert_allclose(lp, exact, rtol=0, atol=1e-2)
+    np.testing.assert_allclose(lp[bulk], exact[bulk], rtol=0, atol=5e-6)
+    # and every sampled point, tails included (refined tail cells)
+    np.testing.assert_allclose(lp, exact, rtol=0, atol=1e-4)
 
 
 def test_linear_gaussian_1d_log_prob_off_the_line(lin1):
@@ -89,10 +88,6 @@ def test_linear_gaussian_1d_log_prob_off_the_line(lin1):
     assert exact.min() < -10  # the check reaches far below the mode
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "equal-mass quadrature truncates the prior tail: with 16384 nodes the outermost node is "
-    "Phi^-1(1 - 1/32768) ~ 3.99, so log p(x) is wrong for x generated from |z| >= 4 "
-    "(measured errors: 0.065 nats at z=4, -0.46 at z=4.5, -16.5 at x=(5, 5))"))
 def test_linear_gaussian_1d_log_prob_in_prior_tail(lin1):
     X = np.array([4.0, 4.5, -4.5])[:, None] * A1 + B1
     exact = stats.multivariate_normal(B1, COV1).logpdf(X)
@@ -109,7 +104,7 @@ def test_nodes_per_dim_controls_accuracy():
     for M in (16, 64, 256, 1024):
         truth = GroundTruth("normal", lambda z: z * a + b, sigma=SIGMA1, nodes_per_dim=M)
         errors.append(np.abs(truth.log_prob(X) - exact).max())
-    assert errors[0] > 1e-2
+    assert errors[0] > 1e-3
     assert all(e1 > e2 for e1, e2 in zip(errors, errors[1:]))
     assert errors[-1] < 1e-4
 
@@ -371,7 +366,7 @@ def test_f_returning_wrong_number_of_rows_at_construction():
 def test_f_returning_wrong_number_of_rows_later():
     """An f that happens to work on the 3-code probe is still caught on the quadrature grid."""
     truth = GroundTruth("normal", lambda z: z[:3], sigma=0.1)
-    with pytest.raises(ValueError, match=r"f returned shape \(3, 1\) for 16384 latent codes"):
+    with pytest.raises(ValueError, match=r"f returned shape \(3, 1\) for \d+ latent codes"):
         truth.log_prob(np.zeros((1, 1)))
     with pytest.raises(ValueError, match=r"f returned shape \(3, 1\) for 5 latent codes"):
         truth.sample(5, seed=0)

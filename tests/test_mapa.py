@@ -181,7 +181,8 @@ def test_weights_are_all_self_for_a_tiny_kernel_and_uniform_for_a_huge_one():
     (np.random.default_rng(0).normal(size=(10, 2)), {"sigma": np.nan}, "sigma must be"),
     (np.random.default_rng(0).normal(size=(10, 2)), {"sigma": 0.1, "bandwidth": 0.1},
      "at most one"),
-    (np.zeros((10, 2)), {}, "all points coincide"),
+    (np.zeros((10, 2)), {}, "every point coincides"),
+    (np.repeat(np.eye(2), 5, axis=0), {"n_neighbors": 4}, "every point coincides"),
     (np.zeros((10, 2)), {"n_neighbors": "many"}, "positive integer"),
 ])
 def test_bad_input_raises_a_clear_error(X, kwargs, message):

@@ -1,7 +1,7 @@
 """Exact evaluation: quadrature marginals, test KL, and posterior comparisons.
 
-* ``log p(x) = log Σ_m w_m N(x; f(z_m), σ² I)`` on an equal-mass grid of the prior (float64,
-  logsumexp), for latent dimension 1 or 2.
+* ``log p(x) = log Σ_m w_m N(x; f(z_m), σ² I)`` on an equal-mass grid of the prior with refined
+  tails (see :mod:`mapa_vae.priors`), float64, logsumexp, for latent dimension 1 or 2.
 * ``KL(p_true ‖ p_model) = E_{x ~ p_true}[log p_true(x) − log p_model(x)]``, a Monte-Carlo mean
   over fresh samples, reported with its standard error.
 * The posterior trend (paper, Fig. 3): over training indices ``n``, for held-out ``x``, compare
@@ -37,7 +37,7 @@ def log_marginal(decode, prior: Prior, sigma, X: np.ndarray, nodes_per_dim: int 
         raise ValueError(f"quadrature is available for latent_dim 1 or 2, got latent_dim={d}")
     M = DEFAULT_NODES_PER_DIM[d] if nodes_per_dim is None else check_positive_int(
         nodes_per_dim, "nodes_per_dim")
-    nodes, log_w = prior.quadrature(M)
+    nodes, log_w = prior.quadrature(M, refine_tails=True)
     with torch.no_grad():
         means = decode(nodes).to(torch.float64)
     x = torch.as_tensor(X, dtype=torch.float64)

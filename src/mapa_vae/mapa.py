@@ -147,10 +147,10 @@ class MAPAPosterior:
             sqdist = cdist(X, X, "sqeuclidean")
             idx = np.broadcast_to(np.arange(n), (n, n))
         else:
-            self.tree_ = KDTree(X)
+            self.tree_ = KDTree(X, leafsize=16)
             dist, idx = self.tree_.query(X, k=k, workers=self.n_jobs)
             sqdist = dist**2
-        self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist, idx)
+        self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist)
         self.neighbors_ = np.ascontiguousarray(idx)
         self.weights_, self.truncation_bound_ = self._weights(sqdist, idx)
         return self
@@ -214,20 +214,26 @@ class MAPAPosterior:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         return k
 
-    def _choose_bandwidth(self, sqdist: np.ndarray, idx: np.ndarray):
+    def _choose_bandwidth(self, sqdist: np.ndarray):
         if self.bandwidth is not None:
             return float(self.bandwidth), "bandwidth"
         if self.sigma is not None:
             return math.sqrt(2.0) * float(self.sigma), "sigma"
         n = sqdist.shape[0]
-        others = np.where(idx == np.arange(n)[:, None], np.inf, sqdist)
-        positive = others[np.isfinite(others) & (others > 0)]
+        if self.dense_:
+            others = sqdist[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+            nearest = others.min(axis=1)
+        else:
+            # rows are sorted and the point itself is at distance 0, so dropping the first
+            # column drops the point (or a duplicate of it: the same distances either way)
+            others = sqdist[:, 1:]
+            nearest = others[:, 0]
+        positive = nearest[nearest > 0]
         if positive.size == 0:
-            raise ValueError("cannot choose a bandwidth from the data: all points coincide; "
-                             "pass bandwidth or sigma")
-        nearest = np.sqrt(np.min(np.where(others > 0, others, np.inf), axis=1))
-        lo = 0.01 * float(np.median(nearest[np.isfinite(nearest)]))
-        hi = 2.0 * float(np.sqrt(positive.max()))
+            raise ValueError("cannot choose a bandwidth from the data: every point coincides "
+                             "with another; pass bandwidth or sigma")
+        lo = 0.01 * float(np.sqrt(np.median(positive)))
+        hi = 2.0 * float(np.sqrt(others.max()))
         threads = os.cpu_count() if self.n_jobs == -1 else max(1, self.n_jobs)
         threads = min(threads, max(1, n // 20_000))  # threads only pay off on large inputs
         objective = _NegativeLoo(others, self.X_fit_.shape[1], threads)
@@ -247,7 +253,6 @@ class MAPAPosterior:
         weights = sparse.csr_matrix(
             (kernel.ravel(), np.ascontiguousarray(idx).ravel(), np.arange(0, n_rows * k + 1, k)),
             shape=(n_rows, n_fit))
-        weights.sort_indices()
         if k == n_fit:
             return weights, np.zeros(n_rows)
         # log(U / S_k) with U = (N − k) K(d_(k)): the farthest kept weight times N − k

@@ -7,6 +7,14 @@ inverse CDF ``F⁻¹``. That gives, in any latent dimension ``d``:
   each node carrying weight ``M⁻ᵈ``; it is the midpoint rule in the prior's CDF coordinates, so
   ``∫ p(z) g(z) dz ≈ M⁻ᵈ Σ_m g(z_m)``;
 * a stratified sample of size ``N`` in 1-D: the quantiles ``F⁻¹((n − ½)/N)``.
+
+For a prior with unbounded support the equal-mass cells widen without bound in the tails (the
+outermost node sits near ``F⁻¹(1/(2M))``, about ±4 for ``M = 16384``), too coarse for points
+generated from the far tail. ``quadrature(M, refine_tails=True)`` therefore, in 1-D, replaces the
+``R`` outermost cells of each tail (mass ``R/M``) by smoothly graded cells: edges at tail masses
+``(R/M) e^{−t}`` for ``t`` on a uniform grid of ``K`` steps per halving over ``J`` halvings, nodes at
+the geometric midpoints, weights the cells' exact masses, and a last cell for what remains.
+Weights still sum to one; the interior stays the equal-mass grid.
 """
 from __future__ import annotations
 
@@ -60,30 +68,60 @@ class Prior:
         u = rng.random((int(n), self.latent_dim))
         return self.icdf(torch.from_numpy(u)).numpy()
 
-    def quadrature(self, nodes_per_dim: int):
-        """Equal-mass grid: ``(nodes, log_weights)`` of shapes ``(M**d, d)`` and ``(M**d,)``."""
+    #: Tail refinement by latent dimension (absent: none): (outer cells R replaced, halvings J,
+    #: cells per halving K).
+    tail_refinement: dict = {}
+
+    def quadrature(self, nodes_per_dim: int, refine_tails: bool = False):
+        """Tensor-product grid ``(nodes, log_weights)`` of shapes ``(M', d)`` and ``(M',)``:
+        the equal-mass grid (``M' = M**d``), with refined tails if asked and the prior has them."""
         if (isinstance(nodes_per_dim, bool) or not isinstance(nodes_per_dim, (int, np.integer))
                 or nodes_per_dim < 1):
             raise ValueError(f"nodes_per_dim must be a positive integer, got {nodes_per_dim!r}")
-        u = (torch.arange(nodes_per_dim, dtype=torch.float64) + 0.5) / nodes_per_dim
-        nodes_1d = self.icdf(u)
-        axes = [nodes_1d] * self.latent_dim
-        nodes = torch.cartesian_prod(*axes).reshape(-1, self.latent_dim)
-        log_w = torch.full((nodes.shape[0],), -self.latent_dim * math.log(nodes_per_dim),
-                           dtype=torch.float64)
+        M = int(nodes_per_dim)
+        u = (torch.arange(M, dtype=torch.float64) + 0.5) / M
+        nodes_1d, w_1d = self.icdf(u), torch.full((M,), 1.0 / M, dtype=torch.float64)
+        if refine_tails and self.latent_dim in self.tail_refinement and M >= 3:
+            nodes_1d, w_1d = self._refine_tails(nodes_1d, w_1d, M)
+        nodes = torch.cartesian_prod(*[nodes_1d] * self.latent_dim).reshape(-1, self.latent_dim)
+        log_w = torch.cartesian_prod(*[w_1d.log()] * self.latent_dim).reshape(
+            -1, self.latent_dim).sum(dim=1)
         return nodes, log_w
+
+    def _refine_tails(self, nodes_1d, w_1d, M: int):
+        outer, halvings, per_halving = self.tail_refinement[self.latent_dim]
+        outer = min(outer, (M - 1) // 2)
+        t = torch.linspace(0.0, halvings * math.log(2.0), halvings * per_halving + 1,
+                           dtype=torch.float64)
+        edges = (outer / M) * torch.exp(-t)  # tail masses, from the interior outwards
+        v = torch.cat([torch.sqrt(edges[:-1] * edges[1:]), edges[-1:] / 2])
+        mass = torch.cat([edges[:-1] - edges[1:], edges[-1:]])
+        lower, upper = self.icdf(v), self.icdf_complement(v)
+        nodes = torch.cat([lower.flip(0), nodes_1d[outer:M - outer], upper])
+        weights = torch.cat([mass.flip(0), w_1d[outer:M - outer], mass])
+        return nodes, weights
+
+    def icdf_complement(self, v: torch.Tensor) -> torch.Tensor:
+        """``F⁻¹(1 − v)``, accurate for tiny ``v``."""
+        return self.icdf(1.0 - v)
 
 
 class StandardNormal(Prior):
     """``p(z) = N(0, I)``."""
 
     name = "normal"
+    # In 2-D, refined tails cost the tensor grid its accuracy in the bulk (the equal-mass
+    # midpoint rule converges fast there), so only the 1-D grid is refined.
+    tail_refinement = {1: (64, 48, 44)}
 
     def cdf(self, z):
         return torch.special.ndtr(z)
 
     def icdf(self, u):
         return torch.special.ndtri(u)
+
+    def icdf_complement(self, v):
+        return -torch.special.ndtri(v)
 
     def _log_density_1d(self, z):
         return -0.5 * z**2 - _LOG_SQRT_2PI
