@@ -1,0 +1,409 @@
+"""scikit-learn-style density estimators: MAPA and the baselines behind one surface.
+
+Every estimator fits a :class:`~mapa_vae.model.GenerativeModel` ``z ~ p(z)``,
+``x | z ~ N(f_θ(z), σ² I)`` and answers ``score_samples`` (``log p_θ(x)`` by quadrature),
+``score``, ``sample`` and ``posterior``. They differ only in the objective they train with.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import sparse
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from .atoms import Attachment, initial_attachment, stratified_atoms, transport
+from .encoders import AmortizedPosterior
+from .likelihood import GaussianLikelihood
+from .mapa import MAPAPosterior
+from .model import GenerativeModel
+from .networks import mlp
+from .objectives import ELBO, IWAEBound, LaggingELBO, MAPABound, PriorProposalBound
+from .priors import make_prior
+from .trainer import Trainer, TrainingConfig, load_torch, save_torch
+from .validation import as_data, check_positive_int
+
+_MODULE_PARAMS = ("decoder", "encoder")
+
+
+@dataclass
+class IndexPosterior:
+    """MAPA's posterior for query points: weights over training indices (CSR, rows sum to 1)
+    and the latent code attached to each training index; together ``q(z | x) = Σ_n w_n δ(z − z_n)``."""
+
+    weights: sparse.csr_matrix
+    codes: np.ndarray
+
+    def mean(self) -> np.ndarray:
+        """``E_q[z]`` per query row, shape ``(n_rows, latent_dim)``."""
+        return np.asarray(self.weights @ self.codes)
+
+
+@dataclass
+class GaussianPosterior:
+    """An encoder's amortized posterior: location and scale per query row (for a uniform prior,
+    of the logit-normal's underlying Gaussian)."""
+
+    loc: np.ndarray
+    scale: np.ndarray
+
+
+class _LatentDensity(DensityMixin, BaseEstimator):
+    """Shared machinery; subclasses build the objective."""
+
+    method = "base"
+
+    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
+                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu"):
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.prior = prior
+        self.sigma = sigma
+        self.hidden = hidden
+        self.steps = steps
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.log_every = log_every
+        self.random_state = random_state
+        self.verbose = verbose
+        self.device = device
+
+    # --- building ---------------------------------------------------------------------------
+    def _seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.default_rng().integers(2**31))
+        if isinstance(self.random_state, (int, np.integer)):
+            return int(self.random_state)
+        return int(np.random.default_rng(self.random_state).integers(2**31))
+
+    def _build_model(self, X: np.ndarray) -> GenerativeModel:
+        latent_dim = check_positive_int(self.latent_dim, "latent_dim")
+        prior = make_prior(self.prior, latent_dim)
+        if self.decoder is None:
+            decoder = mlp(latent_dim, X.shape[1], tuple(self.hidden))
+        elif isinstance(self.decoder, nn.Module):
+            decoder = copy.deepcopy(self.decoder)
+        else:
+            raise ValueError(f"decoder must be a torch.nn.Module or None, got "
+                             f"{type(self.decoder).__name__}")
+        decoder = decoder.float().to(self.device)
+        with torch.no_grad():
+            out = decoder(torch.zeros(2, latent_dim, device=self.device))
+        if tuple(out.shape) != (2, X.shape[1]):
+            raise ValueError(f"decoder maps (2, {latent_dim}) codes to shape {tuple(out.shape)}; "
+                             f"expected (2, {X.shape[1]}) to match the data")
+        if self.sigma is None:
+            sigma0 = self._data_noise_scale(X)
+            likelihood = GaussianLikelihood(sigma0, learn_sigma=True)
+        else:
+            likelihood = GaussianLikelihood(self.sigma, learn_sigma=False)
+        return GenerativeModel(decoder, prior, likelihood.to(self.device))
+
+    @staticmethod
+    def _data_noise_scale(X: np.ndarray) -> float:
+        """Initial σ when it is learned: the leave-one-out kernel bandwidth over √2."""
+        return MAPAPosterior().fit(X).bandwidth_ / math.sqrt(2.0)
+
+    def _build_encoder(self, X: np.ndarray, model: GenerativeModel) -> AmortizedPosterior:
+        encoder = getattr(self, "encoder", None)
+        if encoder is None:
+            net = mlp(X.shape[1], 2 * model.latent_dim, tuple(self.hidden))
+        elif isinstance(encoder, nn.Module):
+            net = copy.deepcopy(encoder)
+        else:
+            raise ValueError(f"encoder must be a torch.nn.Module or None, got "
+                             f"{type(encoder).__name__}")
+        return AmortizedPosterior(net.float(), model.prior).to(self.device)
+
+    def _make_objective(self, X, model, seed):
+        raise NotImplementedError
+
+    def _setup(self, X):
+        X = as_data(X, "X", min_samples=2)
+        config = TrainingConfig(steps=self.steps, batch_size=self.batch_size,
+                                learning_rate=self.learning_rate, seed=0,
+                                log_every=self.log_every).validate()
+        seed = self._seed()
+        config.seed = seed
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = self._build_model(X)
+            objective = self._make_objective(X, model, seed).to(self.device)
+        trainer = Trainer(objective, X, config, progress=self.verbose, device=self.device)
+        return X, trainer
+
+    # --- the estimator API ------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Train on ``X`` of shape ``(n_samples, n_features)``; returns ``self``."""
+        X, trainer = self._setup(X)
+        self._finish(X, trainer)
+        return self
+
+    def _finish(self, X, trainer: Trainer) -> None:
+        trainer.fit()
+        self.trainer_ = trainer
+        self.objective_ = trainer.objective
+        self.model_ = trainer.objective.model
+        self.history_ = trainer.history
+        self.n_features_in_ = X.shape[1]
+        self.X_fit_ = X
+        self.total_passes_ = trainer.passes
+        self.train_seconds_ = trainer.train_seconds
+        self.passes_per_step_ = trainer.passes / max(trainer.step, 1)
+
+    def score_samples(self, X) -> np.ndarray:
+        """``log p_θ(x)`` per row, shape ``(n_samples,)`` (quadrature; latent_dim ≤ 2)."""
+        check_is_fitted(self, "model_")
+        X = as_data(X, "X", n_features=self.n_features_in_)
+        return self.model_.log_prob(X)
+
+    def score(self, X, y=None) -> float:
+        """Total ``log p_θ(x)`` over the rows of ``X``."""
+        return float(np.sum(self.score_samples(X)))
+
+    def sample(self, n_samples=1, random_state=None) -> np.ndarray:
+        """``n_samples`` draws from the fitted model, shape ``(n_samples, n_features)``."""
+        check_is_fitted(self, "model_")
+        n_samples = check_positive_int(n_samples, "n_samples")
+        return self.model_.sample(n_samples, random_state=random_state)[0]
+
+    def decode(self, Z) -> np.ndarray:
+        """``f_θ(z)`` for codes ``Z`` of shape ``(n, latent_dim)``."""
+        check_is_fitted(self, "model_")
+        Z = as_data(Z, "Z", n_features=self.model_.latent_dim)
+        with torch.no_grad():
+            out = self.model_.decoder(torch.as_tensor(Z, dtype=torch.float32, device=self.device))
+        return out.double().cpu().numpy()
+
+    @property
+    def sigma_(self) -> float:
+        check_is_fitted(self, "model_")
+        return float(self.model_.likelihood.sigma.detach())
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _params_for_file(self) -> dict:
+        params = self.get_params(deep=False)
+        for name in _MODULE_PARAMS:
+            if name in params:
+                params[name] = None if params[name] is None else "custom"
+        params["hidden"] = list(params["hidden"])
+        if not isinstance(params["random_state"], (int, type(None))):
+            params["random_state"] = None
+        return params
+
+    def save(self, path) -> None:
+        """Write a checkpoint: settings (JSON), training data, state tensors and history."""
+        check_is_fitted(self, "model_")
+        state = self.trainer_.state()
+        state["estimator"] = type(self).__name__
+        state["params"] = json.dumps(self._params_for_file())
+        state["seed"] = self.trainer_.config.seed
+        state["X"] = torch.as_tensor(self.X_fit_)
+        save_torch(state, path)
+
+    @classmethod
+    def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None = None,
+             steps: int | None = None):
+        """Rebuild a fitted estimator from :meth:`save`. Custom networks are passed again (their
+        weights come from the file). ``steps`` above the saved count resumes training."""
+        state = load_torch(path)
+        name = state.get("estimator")
+        if name != cls.__name__:
+            raise ValueError(f"{str(path)!r} holds a {name} checkpoint, not {cls.__name__}")
+        params = json.loads(state["params"])
+        for key, module in (("decoder", decoder), ("encoder", encoder)):
+            if params.get(key) == "custom":
+                if module is None:
+                    raise ValueError(f"this checkpoint used a custom {key}; pass {key}= "
+                                     f"with the same architecture to load it")
+                params[key] = module
+            elif key in params:
+                params[key] = None
+        params["hidden"] = tuple(params["hidden"])
+        params["random_state"] = int(state["seed"])
+        if steps is not None:
+            params["steps"] = steps
+        estimator = cls(**params)
+        X, trainer = estimator._setup(state["X"].numpy())
+        trainer.load_state(state)
+        estimator._finish(X, trainer)
+        return estimator
+
+
+class MAPADensity(_LatentDensity):
+    """A latent-variable density trained with the MAPA bound: no encoder.
+
+    Parameters
+    ----------
+    decoder : torch.nn.Module, optional
+        ``f_θ``: ``(B, latent_dim)`` → ``(B, n_features)``. Default: a 2 × 64 tanh MLP.
+    latent_dim : int, default=1
+    prior : {"normal", "uniform"}, default="normal"
+    sigma : float, optional
+        Known observation noise (fixed). ``None`` learns ``σ`` and chooses MAPA's bandwidth from
+        the data (leave-one-out).
+    steps, batch_size, learning_rate : optimisation (Adam; minibatches of atom indices).
+    n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`.
+    init : {"auto", "seriation", "isomap", "spectral", "random"} or array-like of shape (n_samples, latent_dim)
+        The initial attachment of atoms to indices: a data-only method, or coordinates per
+        training point (e.g. known codes) whose arrangement the atoms take over.
+    project_every, reattach_every : int
+        Steps between projections of the relaxed positions and between exact re-attachments
+        (0 disables).
+    random_state : int, optional
+        Seeds everything (network initialisation, minibatches, atoms).
+
+    Examples
+    --------
+    >>> from mapa_vae import MAPADensity, datasets
+    >>> truth = datasets.get("circle")
+    >>> X, _ = truth.sample(300, seed=0)
+    >>> est = MAPADensity(sigma=truth.sigma, steps=200, random_state=0).fit(X)
+    >>> est.score_samples(X[:2]).shape
+    (2,)
+    """
+
+    method = "mapa"
+
+    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
+                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu", n_neighbors="auto",
+                 bandwidth=None, init="auto", project_every=50, reattach_every=500):
+        super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
+                         learning_rate, log_every, random_state, verbose, device)
+        self.n_neighbors = n_neighbors
+        self.bandwidth = bandwidth
+        self.init = init
+        self.project_every = project_every
+        self.reattach_every = reattach_every
+
+    def _make_objective(self, X, model, seed):
+        for name in ("project_every", "reattach_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        mapa = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
+                             sigma=self.sigma).fit(X)
+        atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
+        if isinstance(self.init, str):
+            perm = initial_attachment(X, mapa.weights_, atoms, model.prior, self.init, seed)
+        else:  # codes (or any coordinates) per training point, e.g. a known ordering
+            init = as_data(self.init, "init", n_features=model.latent_dim)
+            if init.shape[0] != X.shape[0]:
+                raise ValueError(f"init has {init.shape[0]} rows but X has {X.shape[0]}")
+            perm = transport(init, atoms, model.prior)
+        self.mapa_ = mapa
+        return MAPABound(model, mapa.weights_, X, Attachment(atoms, perm),
+                         project_every=self.project_every, reattach_every=self.reattach_every)
+
+    def posterior(self, X) -> IndexPosterior:
+        """MAPA over training indices for each row of ``X`` and the attached codes."""
+        check_is_fitted(self, "model_")
+        codes = self.objective_.attachment.attached().double().cpu().numpy()
+        return IndexPosterior(self.mapa_.query(X), codes)
+
+    def bound_per_point(self) -> dict:
+        """Exact ``L_i``, ``log p̂(x_i)`` and gap ``KL(W_i ‖ p̂(· | x_i))`` on the training data."""
+        check_is_fitted(self, "model_")
+        return self.objective_.per_point()
+
+
+class _EncoderDensity(_LatentDensity):
+    def posterior(self, X) -> GaussianPosterior:
+        """The encoder's ``q(z | x)`` for each row of ``X``."""
+        check_is_fitted(self, "model_")
+        X = as_data(X, "X", n_features=self.n_features_in_)
+        with torch.no_grad():
+            loc, scale = self.objective_.encoder(torch.as_tensor(X, dtype=torch.float32,
+                                                                 device=self.device))
+        return GaussianPosterior(loc.double().cpu().numpy(), scale.double().cpu().numpy())
+
+
+class VAEDensity(_EncoderDensity):
+    """The VAE baseline: mean-field Gaussian encoder (logit-normal for a uniform prior), one-sample
+    ELBO; same decoder, optimiser, batch and steps as :class:`MAPADensity`."""
+
+    method = "vae"
+
+    def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu"):
+        super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
+                         learning_rate, log_every, random_state, verbose, device)
+        self.encoder = encoder
+
+    def _make_objective(self, X, model, seed):
+        return ELBO(model, self._build_encoder(X, model))
+
+
+class IWAEDensity(_EncoderDensity):
+    """The IWAE baseline with ``n_samples`` importance samples per point."""
+
+    method = "iwae"
+
+    def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu", n_samples=10):
+        super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
+                         learning_rate, log_every, random_state, verbose, device)
+        self.encoder = encoder
+        self.n_samples = n_samples
+
+    def _make_objective(self, X, model, seed):
+        return IWAEBound(model, self._build_encoder(X, model), self.n_samples)
+
+
+class LaggingVAEDensity(_EncoderDensity):
+    """The lagging-encoder ("aggressive") VAE of He et al. (2019)."""
+
+    method = "lagging"
+
+    def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu", max_inner=100, check_every=10):
+        super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
+                         learning_rate, log_every, random_state, verbose, device)
+        self.encoder = encoder
+        self.max_inner = max_inner
+        self.check_every = check_every
+
+    def _make_objective(self, X, model, seed):
+        max_inner = check_positive_int(self.max_inner, "max_inner")
+        check_every = check_positive_int(self.check_every, "check_every")
+        return LaggingELBO(model, self._build_encoder(X, model), max_inner=max_inner,
+                           check_every=check_every)
+
+
+class PriorISDensity(_LatentDensity):
+    """Ablation: the prior-proposal bound with ``n_samples`` fresh prior draws per step, shared
+    by the batch (as many decoder passes per step as MAPA when ``n_samples = batch_size``)."""
+
+    method = "prior-is"
+
+    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
+                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 random_state=None, verbose=False, device="cpu", n_samples=100):
+        super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
+                         learning_rate, log_every, random_state, verbose, device)
+        self.n_samples = n_samples
+
+    def _make_objective(self, X, model, seed):
+        return PriorProposalBound(model, self.n_samples)
+
+
+ESTIMATORS = {cls.method: cls for cls in (MAPADensity, VAEDensity, IWAEDensity,
+                                          LaggingVAEDensity, PriorISDensity)}
+
+
+def make_estimator(method: str, **params) -> _LatentDensity:
+    """An estimator by method name: ``mapa``, ``vae``, ``iwae``, ``lagging`` or ``prior-is``."""
+    if method not in ESTIMATORS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[method](**params)

@@ -1,0 +1,44 @@
+"""The generative model users train: ``z ~ p(z)``, ``x | z ~ N(f_θ(z), σ² I)``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .evaluation import log_marginal
+from .likelihood import GaussianLikelihood
+from .networks import float64_decoder
+from .priors import Prior
+
+
+class GenerativeModel(nn.Module):
+    """A decoder ``f_θ``, a fixed prior and a Gaussian likelihood with fixed or learned ``σ``.
+
+    Its marginal ``p_θ(x) = ∫ p(z) N(x; f_θ(z), σ² I) dz`` is what density estimation is judged on.
+    """
+
+    def __init__(self, decoder: nn.Module, prior: Prior, likelihood: GaussianLikelihood):
+        super().__init__()
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+
+    @property
+    def latent_dim(self) -> int:
+        return self.prior.latent_dim
+
+    def log_prob(self, X: np.ndarray, nodes_per_dim: int | None = None) -> np.ndarray:
+        """``log p_θ(x)`` per row by equal-mass quadrature (float64), shape ``(n,)``."""
+        return log_marginal(float64_decoder(self.decoder), self.prior,
+                            float(self.likelihood.sigma.detach()), X, nodes_per_dim)
+
+    def sample(self, n: int, random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws ``(X, Z)`` from the model."""
+        rng = np.random.default_rng(random_state)
+        Z = self.prior.sample(n, random_state=rng)
+        param = next(self.decoder.parameters())
+        with torch.no_grad():
+            mean = self.decoder(torch.as_tensor(Z, dtype=param.dtype, device=param.device))
+        mean = mean.double().cpu().numpy()
+        sigma = float(self.likelihood.sigma.detach())
+        return mean + sigma * rng.standard_normal(mean.shape), Z

@@ -1,0 +1,342 @@
+"""Training objectives, peers behind one interface: each is a lower bound on ``log p_θ(x)``.
+
+``forward(x, idx)`` returns a :class:`BoundEstimate`: the minibatch estimate of the mean
+per-point bound (to maximise) and the network passes it cost (one pass = one network evaluation
+on one input row, encoder or decoder, forward). The trainer also calls ``before_step`` and
+``after_step``, which return the passes of any extra work they do (an inner encoder loop, a
+re-attachment), so passes are counted where they happen.
+
+* :class:`MAPABound` (no encoder): with ``W_in = MAPA(n | x_i)`` fixed,
+
+      L_i = Σ_n W_in [ log N(x_i; f(z_n), σ²I) − log N − log W_in ] ≤ log p̂(x_i),
+
+  gap ``KL(W_i· ‖ p̂(· | x_i))``. Summed over ``i``, the data enter through
+  ``m_n = Σ_i W_in``, ``x̄_n = Σ_i W_in x_i / m_n`` and ``c_n = Σ_i W_in ‖x_i − x̄_n‖²``:
+
+      Σ_i L_i = Σ_n [ −m_n (D log σ + ½D log 2π) − (m_n ‖x̄_n − f(z_n)‖² + c_n) / (2σ²) ]
+                − N log N + H(W),
+
+  so a minibatch of ``B`` atom indices costs ``B`` decoder passes, whatever the neighbour count.
+* :class:`ELBO`: ``E_q[log p(x | z)] − KL(q ‖ p)`` with one sample (closed-form KL for the
+  Gaussian prior, Monte Carlo for the logit-normal); ``2B`` passes.
+* :class:`IWAEBound`: ``E[log (1/S) Σ_s p(x, z_s) / q(z_s | x)]``; ``B(1 + S)`` passes.
+* :class:`PriorProposalBound` (ablation): ``log (1/S) Σ_s N(x_i; f(z_s), σ²I)`` with
+  ``z_s ~ p(z)`` drawn fresh each step and shared by the batch; ``S`` passes.
+* :class:`LaggingELBO`: the ELBO trained with He et al. (2019)'s aggressive schedule.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import sparse
+from torch import nn
+
+from .atoms import Attachment
+from .encoders import AmortizedPosterior
+from .likelihood import mixture_log_joint, mixture_log_prob
+from .model import GenerativeModel
+
+
+@dataclass
+class BoundEstimate:
+    """A minibatch estimate of the mean per-point bound and what it cost."""
+
+    value: torch.Tensor
+    passes: int
+    parts: dict = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class: a lower bound on ``log p_θ(x)`` for a :class:`GenerativeModel`."""
+
+    name = "objective"
+    batch_over = "data"  # what the trainer's minibatch indices index: data rows or atoms
+
+    def __init__(self, model: GenerativeModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> BoundEstimate:
+        raise NotImplementedError
+
+    def generative_parameters(self):
+        """What the main step trains: the model (decoder, learned σ) and any attachment."""
+        return [p for p in self.parameters() if not self._is_inference(p)]
+
+    def inference_parameters(self):
+        """The encoder's parameters (none for MAPA and the prior-proposal bound)."""
+        return []
+
+    def _is_inference(self, parameter) -> bool:
+        return any(parameter is q for q in self.inference_parameters())
+
+    def trains_inference_now(self) -> bool:
+        """Whether the main step updates the encoder too."""
+        return True
+
+    def before_step(self, trainer) -> int:
+        """Extra work before a step; returns its network passes."""
+        return 0
+
+    def after_step(self, trainer) -> int:
+        """Extra work after a step (``trainer.step`` already counts it); returns its passes."""
+        return 0
+
+    def diagnostics(self) -> dict:
+        """Numbers for the history that cost evaluation work (not counted as training passes)."""
+        return {}
+
+    def state_for_history(self) -> dict:
+        return {}
+
+
+class MAPABound(Objective):
+    """The MAPA lower bound on the empiricalized model; trains the generative model only.
+
+    ``weights`` is the ``N × N`` row-stochastic MAPA matrix of the training data ``X``;
+    ``attachment`` carries the atoms. Minibatches index atoms (columns of ``W``).
+    """
+
+    name = "mapa"
+    batch_over = "atoms"
+
+    def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
+                 attachment: Attachment, project_every: int = 0, reattach_every: int = 0):
+        super().__init__(model)
+        W = sparse.csr_matrix(weights, dtype=np.float64)
+        n = W.shape[0]
+        mass = np.asarray(W.sum(axis=0)).ravel()
+        safe = np.where(mass > 0, mass, 1.0)
+        xbar = np.asarray(W.T @ X) / safe[:, None]
+        spread = np.asarray(W.T @ (X**2).sum(axis=1)).ravel() - mass * (xbar**2).sum(axis=1)
+        entropy = -float(np.sum(W.data * np.log(W.data, where=W.data > 0,
+                                                out=np.zeros_like(W.data))))
+        self.register_buffer("mass", torch.tensor(mass, dtype=torch.float32))
+        self.register_buffer("xbar", torch.tensor(xbar, dtype=torch.float32))
+        self.register_buffer("spread", torch.tensor(np.maximum(spread, 0.0), dtype=torch.float32))
+        self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
+        self.weights = W
+        self.X = X
+        self.attachment = attachment
+        self.project_every = int(project_every)
+        self.reattach_every = int(reattach_every)
+        self.changed_last = 0
+
+    def _terms(self, idx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """``Σ_i W_in log N(x_i; f(z_n), σ² I)`` for each ``n`` in ``idx``."""
+        lik = self.model.likelihood
+        d = mean.shape[-1]
+        m = self.mass[idx]
+        sq = m * (self.xbar[idx] - mean).square().sum(-1) + self.spread[idx]
+        return -m * d * (lik.log_sigma + 0.5 * math.log(2 * math.pi)) - 0.5 * sq / lik.sigma**2
+
+    def forward(self, x, idx) -> BoundEstimate:
+        mean = self.model.decoder(self.attachment.codes(idx))
+        value = self._terms(idx, mean).mean() + self.constant
+        return BoundEstimate(value, passes=idx.shape[0])
+
+    def after_step(self, trainer) -> int:
+        step = trainer.step
+        passes = 0
+        if self.project_every and step % self.project_every == 0:
+            self.changed_last = self.attachment.project()
+        if self.reattach_every and step % self.reattach_every == 0:
+            self.changed_last = self.attachment.reattach(self.reattachment_cost())
+            passes = self.attachment.atoms.shape[0]
+        return passes
+
+    @torch.no_grad()
+    def reattachment_cost(self) -> np.ndarray:
+        """``C[n, m] = m_n ‖x̄_n − f(a_m)‖²``, decoding every atom once."""
+        decoded = self.model.decoder(self.attachment.atoms).double()
+        sq = torch.cdist(self.xbar.double(), decoded).square()
+        return (self.mass.double()[:, None] * sq).cpu().numpy()
+
+    @torch.no_grad()
+    def per_point(self) -> dict:
+        """Exact ``L_i``, ``log p̂(x_i)`` and the gap ``KL(W_i ‖ p̂(· | x_i))`` for every training
+        point (decodes all ``N`` atoms; for evaluation, not training)."""
+        means = self.model.decoder(self.attachment.attached()).double()
+        sigma = float(self.model.likelihood.sigma)
+        n = means.shape[0]
+        X = torch.as_tensor(self.X, dtype=torch.float64, device=means.device)
+        W = self.weights.tocoo()
+        rows = torch.as_tensor(W.row, device=means.device)
+        cols = torch.as_tensor(W.col, device=means.device)
+        w = torch.as_tensor(W.data, device=means.device)
+        d = X.shape[1]
+        sq = (X[rows] - means[cols]).square().sum(-1)
+        log_lik = -0.5 * sq / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
+        contrib = w * (log_lik - math.log(n) - torch.log(w.clamp_min(1e-300)))
+        bound = torch.zeros(n, dtype=torch.float64, device=means.device).index_add_(0, rows,
+                                                                                     contrib)
+        log_w = torch.full((n,), -math.log(n), dtype=torch.float64, device=means.device)
+        log_p = mixture_log_prob(X, means, log_w, sigma)
+        return {"bound": bound.cpu().numpy(), "log_prob": log_p.cpu().numpy(),
+                "gap": (log_p - bound).cpu().numpy()}
+
+    def diagnostics(self) -> dict:
+        exact = self.per_point()
+        return {"bound_full": float(exact["bound"].mean()), "gap": float(exact["gap"].mean())}
+
+    def state_for_history(self) -> dict:
+        return {"attachment_changed": self.changed_last}
+
+
+class _EncoderObjective(Objective):
+    def __init__(self, model: GenerativeModel, encoder: AmortizedPosterior):
+        super().__init__(model)
+        self.encoder = encoder
+
+    def inference_parameters(self):
+        return list(self.encoder.parameters())
+
+
+class ELBO(_EncoderObjective):
+    """One-sample evidence lower bound with an amortized encoder."""
+
+    name = "vae"
+
+    def forward(self, x, idx) -> BoundEstimate:
+        loc, scale = self.encoder(x)
+        z, log_q = self.encoder.rsample(loc, scale, 1)
+        mean = self.model.decoder(z[0])
+        rec = self.model.likelihood.log_prob(x, mean)
+        kl = self.encoder.kl_to_prior(loc, scale)
+        if kl is None:
+            kl = log_q[0] - self.model.prior.log_prob(z[0])
+        value = (rec - kl).mean()
+        return BoundEstimate(value, passes=2 * x.shape[0],
+                             parts={"reconstruction": rec.mean().item(), "kl": kl.mean().item()})
+
+
+class IWAEBound(_EncoderObjective):
+    """Importance-weighted bound with ``S`` samples per point."""
+
+    name = "iwae"
+
+    def __init__(self, model, encoder, n_samples: int):
+        super().__init__(model, encoder)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"the number of importance samples S must be an integer >= 1, "
+                             f"got {n_samples!r}")
+        self.n_samples = n_samples
+
+    def forward(self, x, idx) -> BoundEstimate:
+        loc, scale = self.encoder(x)
+        z, log_q = self.encoder.rsample(loc, scale, self.n_samples)
+        s, b, d = z.shape
+        mean = self.model.decoder(z.reshape(s * b, d)).reshape(s, b, -1)
+        log_w = (self.model.likelihood.log_prob(x.expand(s, b, -1), mean)
+                 + self.model.prior.log_prob(z) - log_q)
+        value = (torch.logsumexp(log_w, dim=0) - math.log(s)).mean()
+        return BoundEstimate(value, passes=b * (1 + s))
+
+
+class PriorProposalBound(Objective):
+    """``log (1/S) Σ_s N(x_i; f(z_s), σ²I)`` with ``S`` fresh prior draws shared by the batch."""
+
+    name = "prior-is"
+
+    def __init__(self, model, n_samples: int):
+        super().__init__(model)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+            raise ValueError(f"the number of prior samples S must be an integer >= 1, "
+                             f"got {n_samples!r}")
+        self.n_samples = n_samples
+
+    def forward(self, x, idx) -> BoundEstimate:
+        z = self.model.prior.icdf(torch.rand(self.n_samples, self.model.latent_dim,
+                                             dtype=x.dtype, device=x.device)
+                                  .clamp(1e-7, 1 - 1e-7))
+        mean = self.model.decoder(z)
+        log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=x.dtype,
+                           device=x.device)
+        joint = mixture_log_joint(x, mean, log_w, self.model.likelihood.sigma)
+        return BoundEstimate(torch.logsumexp(joint, dim=1).mean(), passes=self.n_samples)
+
+
+class LaggingELBO(ELBO):
+    """The ELBO with He et al. (2019)'s aggressive ("lagging encoder") schedule.
+
+    While aggressive, before each model update the encoder alone is updated on fresh minibatches
+    until its loss stops improving (checked every ``check_every`` inner steps, at most
+    ``max_inner`` of them). Once per epoch the mutual information ``I_q(x; z)`` is estimated on a
+    fixed subset of the data; when it stops rising, training reverts to joint updates.
+    """
+
+    name = "lagging"
+
+    def __init__(self, model, encoder, max_inner: int = 100, check_every: int = 10,
+                 mi_points: int = 500):
+        super().__init__(model, encoder)
+        self.max_inner = max_inner
+        self.check_every = check_every
+        self.mi_points = mi_points
+        self.aggressive = True
+        self.best_mi = -math.inf
+        self.last_mi = float("nan")
+        self.inner_steps_last = 0
+
+    def before_step(self, trainer) -> int:
+        if not self.aggressive:
+            return 0
+        passes, previous, running = 0, math.inf, 0.0
+        self.inner_steps_last = 0
+        for inner in range(1, self.max_inner + 1):
+            x, idx = trainer.next_batch()
+            estimate = self(x, idx)
+            trainer.inference_optimizer.zero_grad(set_to_none=True)
+            (-estimate.value).backward()
+            trainer.inference_optimizer.step()
+            passes += estimate.passes
+            running -= estimate.value.item()
+            self.inner_steps_last = inner
+            if inner % self.check_every == 0:
+                if running > previous:
+                    break
+                previous, running = running, 0.0
+        self.model.zero_grad(set_to_none=True)
+        return passes
+
+    def trains_inference_now(self) -> bool:
+        return not self.aggressive
+
+    def after_step(self, trainer) -> int:
+        if not self.aggressive or trainer.step % trainer.steps_per_epoch != 0:
+            return 0
+        x = trainer.X[: self.mi_points]
+        with torch.no_grad():
+            mi = mutual_information(self.encoder, x)
+        self.last_mi = mi
+        if mi <= self.best_mi:
+            self.aggressive = False
+        self.best_mi = max(self.best_mi, mi)
+        return x.shape[0]
+
+    def state_for_history(self) -> dict:
+        return {"aggressive": int(self.aggressive), "inner_steps": self.inner_steps_last,
+                "mutual_information": self.last_mi}
+
+    def get_extra_state(self) -> dict:
+        return {"aggressive": self.aggressive, "best_mi": self.best_mi, "last_mi": self.last_mi}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.aggressive = bool(state["aggressive"])
+        self.best_mi, self.last_mi = float(state["best_mi"]), float(state["last_mi"])
+
+
+def mutual_information(encoder: AmortizedPosterior, x: torch.Tensor) -> float:
+    """``I_q(x; z) = E_x E_{q(z|x)}[log q(z | x) − log q(z)]`` with ``q(z)`` the aggregate posterior
+    over the rows of ``x`` (one draw per row), as in He et al. (2019)."""
+    loc, scale = encoder(x)
+    z, log_q = encoder.rsample(loc, scale, 1)
+    z, log_q = z[0], log_q[0]
+    b = x.shape[0]
+    # log q(z_i | x_j) for every pair; the aggregate posterior averages over j
+    cross = encoder.log_prob(z[:, None, :], loc[None, :, :], scale[None, :, :])
+    log_aggregate = torch.logsumexp(cross, dim=1) - math.log(b)
+    return float((log_q - log_aggregate).mean())

@@ -1,0 +1,215 @@
+"""One training loop for every objective: Adam, minibatches, pass counting, history, checkpoints.
+
+Each step: ``objective.before_step`` (extra work, e.g. an inner encoder loop), a minibatch
+estimate of the bound, one Adam step on the generative parameters (and on the encoder when the
+objective says so), then ``objective.after_step`` (e.g. projection or re-attachment). Every
+network pass these spend is added to the cumulative count in the loop itself.
+
+Randomness comes from PyTorch's generator, seeded at the start and saved in checkpoints inside a
+forked RNG state, so a run is reproducible from its seed and a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .objectives import Objective
+
+CHECKPOINT_FORMAT = "mapa-vae-checkpoint/1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The objective or its gradient became NaN or infinite."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings shared by every method."""
+
+    steps: int = 3000
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    seed: int = 0
+    log_every: int = 100
+
+    def validate(self) -> "TrainingConfig":
+        for name in ("steps", "batch_size", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        return self
+
+
+class Trainer:
+    """Runs ``config.steps`` optimisation steps of ``objective`` on data ``X``.
+
+    ``history`` holds one row per ``log_every`` steps: step, mean bound over those steps, passes
+    in the last step, cumulative passes, training wall time, σ, and the objective's own
+    diagnostics (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
+    """
+
+    def __init__(self, objective: Objective, X: np.ndarray, config: TrainingConfig,
+                 progress: bool = False, device: str | torch.device = "cpu"):
+        self.objective = objective
+        self.config = config.validate()
+        self.device = torch.device(device)
+        self.X = torch.as_tensor(X, dtype=torch.float32, device=self.device)
+        self.n = self.X.shape[0]
+        self.batch_size = min(config.batch_size, self.n)
+        self.steps_per_epoch = max(1, self.n // self.batch_size)
+        self.progress = progress
+        self.generative_optimizer = torch.optim.Adam(objective.generative_parameters(),
+                                                     lr=config.learning_rate)
+        inference = objective.inference_parameters()
+        self.inference_optimizer = (torch.optim.Adam(inference, lr=config.learning_rate)
+                                    if inference else None)
+        self.step = 0
+        self.passes = 0
+        self.train_seconds = 0.0
+        self.history: list[dict] = []
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
+        self._running = 0.0
+        self._rng_state = None
+        self._seeded = False
+
+    # ---------------------------------------------------------------------------------------
+    def next_batch(self):
+        """The next minibatch ``(x, idx)``: indices drawn without replacement within an epoch."""
+        if self._cursor + self.batch_size > self._order.numel():
+            self._order = torch.randperm(self.n)
+            self._cursor = 0
+        idx = self._order[self._cursor:self._cursor + self.batch_size].to(self.device)
+        self._cursor += self.batch_size
+        return self.X[idx], idx
+
+    def fit(self) -> list[dict]:
+        """Train up to ``config.steps`` steps (continuing from a loaded checkpoint)."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if self._rng_state is None:
+                torch.manual_seed(self.config.seed)
+            else:
+                torch.set_rng_state(self._rng_state)
+            self._loop()
+            self._rng_state = torch.get_rng_state()
+        return self.history
+
+    def _loop(self) -> None:
+        objective = self.objective
+        bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
+                   desc=f"{objective.name}", unit="step", dynamic_ncols=True, leave=False)
+        try:
+            while self.step < self.config.steps:
+                start = time.perf_counter()
+                step_passes = objective.before_step(self)
+                x, idx = self.next_batch()
+                estimate = objective(x, idx)
+                value = estimate.value.item()
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"the {objective.name} objective became {value} at step {self.step + 1}; "
+                        f"try a smaller learning rate or check the data scale")
+                self.generative_optimizer.zero_grad(set_to_none=True)
+                if self.inference_optimizer is not None:
+                    self.inference_optimizer.zero_grad(set_to_none=True)
+                (-estimate.value).backward()
+                self._check_gradients()
+                self.generative_optimizer.step()
+                if self.inference_optimizer is not None and objective.trains_inference_now():
+                    self.inference_optimizer.step()
+                step_passes += estimate.passes
+                self.step += 1
+                step_passes += objective.after_step(self)
+                self.passes += step_passes
+                self.train_seconds += time.perf_counter() - start
+                self._running += value
+                if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+                    self._log(step_passes)
+                    bar.set_postfix(bound=f"{self.history[-1]['objective']:.4g}")
+                bar.update(1)
+        finally:
+            bar.close()
+
+    def _check_gradients(self) -> None:
+        for group in self.generative_optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and not torch.isfinite(p.grad).all():
+                    raise TrainingDiverged(
+                        f"a gradient of the {self.objective.name} objective became non-finite at "
+                        f"step {self.step + 1}; try a smaller learning rate")
+
+    def _log(self, step_passes: int) -> None:
+        since = self.step - (self.history[-1]["step"] if self.history else 0)
+        row = {"step": self.step, "objective": self._running / max(since, 1),
+               "passes_step": step_passes, "passes": self.passes,
+               "train_seconds": self.train_seconds,
+               "sigma": float(self.objective.model.likelihood.sigma.detach())}
+        row.update(self.objective.diagnostics())
+        row.update(self.objective.state_for_history())
+        self.history.append(row)
+        self._running = 0.0
+
+    # ---------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Everything needed to resume, as tensors, numbers and strings (no pickled code)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "training_config": json.dumps(asdict(self.config)),
+            "objective": self.objective.state_dict(),
+            "generative_optimizer": self.generative_optimizer.state_dict(),
+            "inference_optimizer": (self.inference_optimizer.state_dict()
+                                    if self.inference_optimizer is not None else {}),
+            "step": self.step, "passes": self.passes, "train_seconds": self.train_seconds,
+            "history": json.dumps(self.history),
+            "rng": self._rng_state if self._rng_state is not None else torch.get_rng_state(),
+            "order": self._order, "cursor": self._cursor,
+        }
+
+    def load_state(self, state: dict) -> None:
+        """Restore from :meth:`state`; the next :meth:`fit` continues where it stopped."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a mapa-vae checkpoint (format {state.get('format')!r})")
+        self.objective.load_state_dict(state["objective"])
+        self.generative_optimizer.load_state_dict(state["generative_optimizer"])
+        if self.inference_optimizer is not None:
+            self.inference_optimizer.load_state_dict(state["inference_optimizer"])
+        self.step, self.passes = int(state["step"]), int(state["passes"])
+        self.train_seconds = float(state["train_seconds"])
+        self.history = json.loads(state["history"])
+        self._rng_state = state["rng"]
+        self._order, self._cursor = state["order"], int(state["cursor"])
+
+
+def save_torch(obj, path) -> Path:
+    """``torch.save`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_torch(path) -> dict:
+    """Load a checkpoint written by :func:`save_torch` without unpickling arbitrary code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)

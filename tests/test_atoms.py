@@ -1,0 +1,144 @@
+"""Atoms and attachment: stratification, data-only initial attachments, projection, re-attachment."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import kstest, spearmanr
+
+from mapa_vae import MAPAPosterior, datasets
+from mapa_vae.atoms import (Attachment, initial_attachment, seriation_order, stratified_atoms,
+                            transport)
+from mapa_vae.priors import StandardNormal, Uniform
+
+
+def test_one_dimensional_atoms_are_the_prior_quantiles():
+    atoms = stratified_atoms(StandardNormal(1), 4)
+    np.testing.assert_allclose(atoms[:, 0], [-1.1503493803760079, -0.31863936396437514,
+                                             0.31863936396437514, 1.1503493803760079])
+    np.testing.assert_allclose(stratified_atoms(Uniform(1), 5)[:, 0], [0.1, 0.3, 0.5, 0.7, 0.9])
+
+
+def test_multidimensional_atoms_are_a_stratified_sample_of_the_prior():
+    atoms = stratified_atoms(StandardNormal(2), 1000, random_state=0)
+    assert atoms.shape == (1000, 2) and np.isfinite(atoms).all()
+    for j in range(2):  # far closer to the prior than an i.i.d. sample would typically be
+        assert kstest(atoms[:, j], "norm").statistic < 0.01
+    np.testing.assert_array_equal(atoms, stratified_atoms(StandardNormal(2), 1000, 0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 1000), n=st.integers(2, 40), d=st.integers(1, 3),
+       scale=st.floats(0.01, 5.0))
+def test_projection_leaves_the_multiset_of_atoms_unchanged(seed, n, d, scale):
+    prior = StandardNormal(d)
+    atoms = stratified_atoms(prior, n, random_state=seed)
+    rng = np.random.default_rng(seed)
+    attachment = Attachment(atoms, rng.permutation(n))
+    with torch.no_grad():
+        attachment.positions.add_(scale * torch.randn(n, d, generator=torch.Generator().manual_seed(seed)))
+    attachment.project()
+    attached = attachment.attached().numpy()
+    key = np.lexsort(attached.T)
+    np.testing.assert_array_equal(attached[key], atoms.astype(np.float32)[np.lexsort(atoms.T)])
+    assert sorted(attachment.perm.tolist()) == list(range(n))
+    np.testing.assert_array_equal(attachment.positions.detach().numpy(), attached)
+
+
+def test_projection_in_one_dimension_follows_the_order_of_positions():
+    atoms = stratified_atoms(StandardNormal(1), 5)
+    attachment = Attachment(atoms, np.arange(5))
+    assert attachment.project() == 0  # positions on their atoms: nothing changes
+    with torch.no_grad():
+        attachment.positions[1, 0] = float(atoms[3, 0]) + 0.01  # index 1 moves past index 3
+    changed = attachment.project()
+    assert changed == 3
+    assert attachment.perm.tolist() == [0, 3, 1, 2, 4]
+
+
+def test_codes_pass_their_gradient_to_the_positions():
+    atoms = stratified_atoms(StandardNormal(1), 6)
+    attachment = Attachment(atoms, np.arange(6)[::-1].copy())
+    idx = torch.tensor([0, 2])
+    codes = attachment.codes(idx)
+    np.testing.assert_array_equal(codes.detach().numpy(), atoms[[5, 3]].astype(np.float32))
+    (3.0 * codes.sum()).backward()
+    grad = attachment.positions.grad.numpy()[:, 0]
+    np.testing.assert_array_equal(grad, [3.0, 0, 3.0, 0, 0, 0])
+
+
+def test_reattachment_solves_the_assignment():
+    atoms = stratified_atoms(StandardNormal(1), 4)
+    attachment = Attachment(atoms, np.arange(4))
+    target = np.array([2, 0, 3, 1])
+    cost = np.ones((4, 4))
+    cost[np.arange(4), target] = 0.0
+    assert attachment.reattach(cost) == 4
+    assert attachment.perm.tolist() == target.tolist()
+
+
+def test_transport_keeps_the_arrangement_of_the_points():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(50, 1)) * 7 + 3
+    atoms = stratified_atoms(StandardNormal(1), 50)
+    perm = transport(points, atoms, StandardNormal(1))
+    assert spearmanr(points[:, 0], atoms[perm, 0]).statistic == pytest.approx(1.0)
+    points2 = rng.uniform(size=(300, 2)) ** 3
+    atoms2 = stratified_atoms(StandardNormal(2), 300, random_state=0)
+    perm2 = transport(points2, atoms2, StandardNormal(2))
+    assert sorted(perm2.tolist()) == list(range(300))
+    for j in range(2):
+        assert spearmanr(points2[:, j], atoms2[perm2, j]).statistic > 0.9
+
+
+def test_seriation_recovers_the_order_along_an_open_curve():
+    truth = datasets.get("spiral")
+    X, Z = truth.sample(800, seed=0)
+    W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
+    order = seriation_order(W @ X, W)
+    assert sorted(order.tolist()) == list(range(800))
+    rank = np.empty(800)
+    rank[order] = np.arange(800)
+    assert abs(spearmanr(rank, Z[:, 0]).statistic) > 0.99
+
+
+def test_seriation_attaches_neighbouring_atoms_to_neighbours_on_a_loop():
+    truth = datasets.get("circle")
+    X, Z = truth.sample(1000, seed=1)
+    mapa = MAPAPosterior(sigma=truth.sigma).fit(X)
+    atoms = stratified_atoms(truth.prior, 1000)
+    perm = initial_attachment(X, mapa.weights_, atoms, truth.prior, "seriation")
+    codes = atoms[perm, 0]
+    # along the atoms' order, consecutive data points are close on the circle
+    t = torch.special.ndtr(torch.from_numpy(Z[np.argsort(codes), 0])).numpy()
+    step = np.abs(np.diff(t))
+    angular = np.minimum(step, 1 - step)
+    assert np.mean(angular < 0.05) > 0.9
+    random = initial_attachment(X, mapa.weights_, atoms, truth.prior, "random", random_state=0)
+    t_random = torch.special.ndtr(torch.from_numpy(Z[np.argsort(atoms[random, 0]), 0])).numpy()
+    step = np.abs(np.diff(t_random))
+    assert np.mean(np.minimum(step, 1 - step) < 0.05) < 0.2
+
+
+def test_isomap_attachment_recovers_the_coordinates_of_an_elongated_sheet():
+    rng = np.random.default_rng(2)
+    Z = rng.uniform(size=(600, 2))
+    X = np.column_stack([3 * Z[:, 0], Z[:, 1], 0.2 * np.sin(3 * Z[:, 0])])
+    mapa = MAPAPosterior(n_neighbors=30, sigma=0.05).fit(X)
+    atoms = stratified_atoms(Uniform(2), 600, random_state=0)
+    perm = initial_attachment(X, mapa.weights_, atoms, Uniform(2), "auto", random_state=0)
+    codes = atoms[perm]
+    corr = np.abs([[spearmanr(codes[:, i], Z[:, j]).statistic for j in range(2)]
+                   for i in range(2)])
+    assert max(corr[0, 0] + corr[1, 1], corr[0, 1] + corr[1, 0]) > 1.7
+
+
+def test_initial_attachment_errors():
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    W = MAPAPosterior(sigma=0.3).fit(X).weights_
+    with pytest.raises(ValueError, match="needs latent_dim 1"):
+        initial_attachment(X, W, stratified_atoms(StandardNormal(2), 20, 0), StandardNormal(2),
+                           "seriation")
+    with pytest.raises(ValueError, match="unknown attachment method 'bogus'"):
+        initial_attachment(X, W, stratified_atoms(StandardNormal(1), 20), StandardNormal(1),
+                           "bogus")
