@@ -73,7 +73,7 @@ def test_compare_posteriors_checks_its_inputs():
     mapa = MAPAPosterior(sigma=0.1).fit(X)
     with pytest.raises(ValueError, match="Z_train has 49 rows"):
         compare_posteriors(truth, X, Z[:49], X[:3], mapa)
-    with pytest.raises(ValueError, match="X_test has 3 columns"):
+    with pytest.raises(ValueError, match="X_test has 3 features"):
         compare_posteriors(truth, X, Z, np.zeros((2, 3)), mapa)
 
 

@@ -331,8 +331,8 @@ def test_latent_dim_three_samples_but_has_no_quadrature():
     (np.array([[np.nan, 0.0]]), "X: Input X contains NaN"),
     (np.array([[0.0, np.inf]]), "X: Input X contains infinity"),
     (np.array([[0.0, -np.inf], [0.0, 0.0]]), "X: Input X contains infinity"),
-    (np.zeros((2, 3)), "X has 3 columns .* but 2 were expected"),
-    (np.zeros((2, 1)), "X has 1 columns .* but 2 were expected"),
+    (np.zeros((2, 3)), "X has 3 features, but .* expecting 2 features"),
+    (np.zeros((2, 1)), "X has 1 features, but .* expecting 2 features"),
     (np.zeros(2), "X: Expected 2D array, got 1D array"),
     (np.zeros((2, 2, 2)), "X: Found array with dim 3"),
     (np.zeros((0, 2)), "X: Found array with 0 sample"),
@@ -346,7 +346,7 @@ def test_log_prob_rejects_bad_X(lin1, X, message):
 
 @pytest.mark.parametrize("Z, message", [
     (np.array([[np.nan]]), "Z: Input Z contains NaN"),
-    (np.zeros((2, 2)), "Z has 2 columns .* but 1 were expected"),
+    (np.zeros((2, 2)), "Z has 2 features, but .* expecting 1 features"),
     (np.zeros(3), "Z: Expected 2D array"),
 ])
 def test_posterior_and_mean_reject_bad_Z(lin1, Z, message):

@@ -195,7 +195,7 @@ def test_query_errors():
     with pytest.raises(ValueError, match="not fitted"):
         mapa.query(np.zeros((2, 2)))
     mapa.fit(_data(12, n=20))
-    with pytest.raises(ValueError, match="3 columns"):
+    with pytest.raises(ValueError, match="X has 3 features"):
         mapa.query(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="NaN"):
         mapa.log_weights(np.array([[np.nan, 0.0]]))

@@ -5,6 +5,8 @@ MAPA (model-agnostic posterior approximation) is a deterministic posterior over 
 """
 from . import datasets
 from .empirical import EmpiricalizedModel
+from .estimators import (IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDensity, VAEDensity,
+                         make_estimator)
 from .evaluation import KLEstimate, compare_posteriors, log_marginal, test_kl
 from .ground_truth import GroundTruth
 from .likelihood import GaussianLikelihood
@@ -17,12 +19,18 @@ __all__ = [
     "EmpiricalizedModel",
     "GaussianLikelihood",
     "GroundTruth",
+    "IWAEDensity",
     "KLEstimate",
+    "LaggingVAEDensity",
+    "MAPADensity",
     "MAPAPosterior",
+    "PriorISDensity",
     "StandardNormal",
     "Uniform",
+    "VAEDensity",
     "compare_posteriors",
     "datasets",
     "log_marginal",
+    "make_estimator",
     "test_kl",
 ]

@@ -20,12 +20,12 @@ from torch import nn
 
 from .atoms import Attachment, initial_attachment, stratified_atoms, transport
 from .encoders import AmortizedPosterior
-from .likelihood import GaussianLikelihood
+from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
 from .model import GenerativeModel
 from .networks import mlp
 from .objectives import ELBO, IWAEBound, LaggingELBO, MAPABound, PriorProposalBound
-from .priors import make_prior
+from .priors import Prior, make_prior
 from .trainer import Trainer, TrainingConfig, load_torch, save_torch
 from .validation import as_data, check_positive_int
 
@@ -33,11 +33,15 @@ _MODULE_PARAMS = ("decoder", "encoder")
 
 
 @dataclass
-class IndexPosterior:
-    """MAPA's posterior for query points: weights over training indices (CSR, rows sum to 1)
-    and the latent code attached to each training index; together ``q(z | x) = Σ_n w_n δ(z − z_n)``."""
+class DiscretePosterior:
+    """A posterior over a finite set of codes, ``q(z | x) = Σ_j w_j(x) δ(z − z_j)``.
 
-    weights: sparse.csr_matrix
+    For MAPA the codes are the atoms attached to the training indices and the weights are
+    ``MAPA(n | x)`` (a CSR matrix); for the prior-proposal ablation they are prior draws with
+    self-normalised importance weights (a dense array). Rows of ``weights`` sum to one.
+    """
+
+    weights: sparse.csr_matrix | np.ndarray
     codes: np.ndarray
 
     def mean(self) -> np.ndarray:
@@ -125,7 +129,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def _make_objective(self, X, model, seed):
         raise NotImplementedError
 
-    def _setup(self, X):
+    def _setup(self, X, monitor=None):
         X = as_data(X, "X", min_samples=2)
         config = TrainingConfig(steps=self.steps, batch_size=self.batch_size,
                                 learning_rate=self.learning_rate, seed=0,
@@ -136,13 +140,19 @@ class _LatentDensity(DensityMixin, BaseEstimator):
             torch.manual_seed(seed)
             model = self._build_model(X)
             objective = self._make_objective(X, model, seed).to(self.device)
-        trainer = Trainer(objective, X, config, progress=self.verbose, device=self.device)
+        trainer = Trainer(objective, X, config, progress=self.verbose, device=self.device,
+                          monitor=monitor)
         return X, trainer
 
     # --- the estimator API ------------------------------------------------------------------
-    def fit(self, X, y=None):
-        """Train on ``X`` of shape ``(n_samples, n_features)``; returns ``self``."""
-        X, trainer = self._setup(X)
+    def fit(self, X, y=None, monitor=None):
+        """Train on ``X`` of shape ``(n_samples, n_features)``; returns ``self``.
+
+        ``monitor(step, model) -> dict``, if given, is called at every logged step with the
+        :class:`~mapa_vae.model.GenerativeModel` being trained; its numbers join
+        that row of ``history_`` (not counted as training time or passes).
+        """
+        X, trainer = self._setup(X, monitor)
         self._finish(X, trainer)
         return self
 
@@ -161,7 +171,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         """``log p_θ(x)`` per row, shape ``(n_samples,)`` (quadrature; latent_dim ≤ 2)."""
         check_is_fitted(self, "model_")
-        X = as_data(X, "X", n_features=self.n_features_in_)
+        X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
         return self.model_.log_prob(X)
 
     def score(self, X, y=None) -> float:
@@ -194,6 +204,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
             if name in params:
                 params[name] = None if params[name] is None else "custom"
         params["hidden"] = list(params["hidden"])
+        if isinstance(params["prior"], Prior):
+            params["prior"] = params["prior"].name
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None
         return params
@@ -303,11 +315,11 @@ class MAPADensity(_LatentDensity):
         return MAPABound(model, mapa.weights_, X, Attachment(atoms, perm),
                          project_every=self.project_every, reattach_every=self.reattach_every)
 
-    def posterior(self, X) -> IndexPosterior:
+    def posterior(self, X) -> DiscretePosterior:
         """MAPA over training indices for each row of ``X`` and the attached codes."""
         check_is_fitted(self, "model_")
         codes = self.objective_.attachment.attached().double().cpu().numpy()
-        return IndexPosterior(self.mapa_.query(X), codes)
+        return DiscretePosterior(self.mapa_.query(X), codes)
 
     def bound_per_point(self) -> dict:
         """Exact ``L_i``, ``log p̂(x_i)`` and gap ``KL(W_i ‖ p̂(· | x_i))`` on the training data."""
@@ -319,7 +331,7 @@ class _EncoderDensity(_LatentDensity):
     def posterior(self, X) -> GaussianPosterior:
         """The encoder's ``q(z | x)`` for each row of ``X``."""
         check_is_fitted(self, "model_")
-        X = as_data(X, "X", n_features=self.n_features_in_)
+        X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
         with torch.no_grad():
             loc, scale = self.objective_.encoder(torch.as_tensor(X, dtype=torch.float32,
                                                                  device=self.device))
@@ -396,6 +408,17 @@ class PriorISDensity(_LatentDensity):
 
     def _make_objective(self, X, model, seed):
         return PriorProposalBound(model, self.n_samples)
+
+    def posterior(self, X, random_state=None) -> DiscretePosterior:
+        """The ablation's own posterior for each row of ``X``: ``n_samples`` fresh prior draws
+        ``z_s`` with self-normalised weights ``∝ N(x; f_θ(z_s), σ² I)``."""
+        check_is_fitted(self, "model_")
+        X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
+        codes = self.model_.prior.sample(self.n_samples, random_state=random_state)
+        means = torch.as_tensor(self.decode(codes))
+        log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=torch.float64)
+        log_post = mixture_log_responsibilities(torch.as_tensor(X), means, log_w, self.sigma_)
+        return DiscretePosterior(log_post.exp().numpy(), codes)
 
 
 ESTIMATORS = {cls.method: cls for cls in (MAPADensity, VAEDensity, IWAEDensity,

@@ -1,13 +1,16 @@
 """Writing results: every file appears whole or not at all (write to a temporary, then rename)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
 
-def _atomic(path: Path, write) -> Path:
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -24,10 +27,22 @@ def _atomic(path: Path, write) -> Path:
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_figure(fig, path) -> Path:
     """Save a matplotlib figure to ``path`` (format from its suffix) atomically."""
     fmt = Path(path).suffix.lstrip(".") or "png"
-    return _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight"))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120,
+                                                      bbox_inches="tight"))
+
+
+def write_csv(path, rows: list[dict]) -> Path:
+    """Write ``rows`` (dicts) as CSV with a header: the union of their keys, in first-seen order;
+    a key absent from a row is left empty."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))

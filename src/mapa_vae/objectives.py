@@ -119,7 +119,7 @@ class MAPABound(Objective):
         self.register_buffer("spread", torch.tensor(np.maximum(spread, 0.0), dtype=torch.float32))
         self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
         self.weights = W
-        self.X = X
+        self.X = np.array(X, dtype=np.float64)  # a writable copy (X may be read-only)
         self.attachment = attachment
         self.project_every = int(project_every)
         self.reattach_every = int(reattach_every)

@@ -58,3 +58,97 @@ def mapa_overview(truth, X_train, Z_train, x_query, log_true, log_empirical, log
     right.legend(loc="lower center", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _decoder_grid(prior, n: int) -> np.ndarray:
+    """``n`` prior quantiles per axis (1-D: shape ``(n, 1)``; 2-D: ``(n, n, 2)``), avoiding the
+    extreme tails."""
+    u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=torch.float64)
+    z = prior.icdf(u[:, None].expand(n, prior.latent_dim).contiguous()).numpy()
+    if prior.latent_dim == 1:
+        return z
+    return np.stack(np.meshgrid(z[:, 0], z[:, 1], indexing="ij"), axis=-1)
+
+
+def _draw_decoder(ax, decode, prior, color, label, ls="-"):
+    """The image of the latent space in the data plane: a curve (1-D) or mesh lines (2-D)."""
+    grid = _decoder_grid(prior, 400 if prior.latent_dim == 1 else 9)
+    if prior.latent_dim == 1:
+        curve = decode(grid)
+        ax.plot(curve[:, 0], curve[:, -1], color=color, lw=1.2, ls=ls, label=label)
+        return
+    fine = _decoder_grid(prior, 200)
+    for j in range(grid.shape[0]):
+        for lines in (np.stack([fine[:, 0, 0], np.full(200, grid[0, j, 1])], 1),
+                      np.stack([np.full(200, grid[j, 0, 0]), fine[0, :, 1]], 1)):
+            mesh = decode(lines)
+            ax.plot(mesh[:, 0], mesh[:, -1], color=color, lw=0.7, ls=ls,
+                    label=label if j == 0 else None)
+            label = None
+
+
+def fit_overview(truth, X_train, estimator, title: str = ""):
+    """A fitted model against its ground truth, in three panels.
+
+    Left: training data, model samples and the learned ``f_θ`` (its curve, or mesh lines for a
+    2-D latent) in the data plane; for 1-D data, the histogram with the true and model densities.
+    Middle: ``f_θ`` and the true ``f`` per output coordinate against ``u = F(z)`` (1-D latent).
+    Right: the training objective and, if measured, the test KL against cumulative passes.
+    """
+    fig, (data_ax, decoder_ax, history_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
+    samples = estimator.sample(len(X_train), random_state=0)
+
+    def true_f(z):
+        return truth.mean(z)
+
+    if X_train.shape[1] == 1:
+        x = X_train[:, 0]
+        lo, hi = np.percentile(x, [0.1, 99.9])
+        pad = 0.1 * (hi - lo)
+        grid = np.linspace(lo - pad, hi + pad, 600)[:, None]
+        data_ax.hist(x, bins=60, density=True, color="0.8", label="training data")
+        data_ax.plot(grid[:, 0], np.exp(truth.log_prob(grid)), "k--", lw=1.2, label="p_true(x)")
+        data_ax.plot(grid[:, 0], np.exp(estimator.score_samples(grid)), color="tab:red", lw=1.2,
+                     label="p_θ(x)")
+        data_ax.set(xlabel="x", ylabel="density")
+    else:
+        data_ax.scatter(X_train[:, 0], X_train[:, -1], s=4, color="0.65", label="training data")
+        data_ax.scatter(samples[:, 0], samples[:, -1], s=4, color="tab:blue", alpha=0.5,
+                        label="model samples")
+        _draw_decoder(data_ax, true_f, truth.prior, "k", "true f", ls="--")
+        _draw_decoder(data_ax, estimator.decode, estimator.model_.prior, "tab:red", "learned f_θ")
+        data_ax.set(xlabel="x[0]", ylabel=f"x[{X_train.shape[1] - 1}]", aspect="equal")
+    data_ax.set_title(title or truth.name)
+    data_ax.legend(loc="best", fontsize=8)
+
+    if estimator.model_.latent_dim == 1:
+        u = np.linspace(0.002, 0.998, 500)
+        z = estimator.model_.prior.icdf(torch.from_numpy(u[:, None])).numpy()
+        learned, true = estimator.decode(z), true_f(truth.prior.icdf(
+            torch.from_numpy(u[:, None])).numpy())
+        for j in range(learned.shape[1]):
+            color = f"C{j}"
+            decoder_ax.plot(u, learned[:, j], color=color, lw=1.3, label=f"f_θ(z)[{j}]")
+            decoder_ax.plot(u, true[:, j], color=color, lw=1.0, ls="--", label=f"true f(z)[{j}]")
+        decoder_ax.set(xlabel="u = F(z), the prior's CDF", ylabel="decoder output",
+                       title="learned and true decoder (identifiable only up to a twin)")
+        decoder_ax.legend(loc="best", fontsize=7)
+    else:
+        decoder_ax.axis("off")
+        decoder_ax.text(0.5, 0.5, "latent dimension 2:\nmesh lines of f_θ at the left",
+                        ha="center", va="center")
+
+    history = estimator.history_
+    passes = [row["passes"] for row in history]
+    history_ax.plot(passes, [row["objective"] for row in history], color="tab:green")
+    history_ax.set(xlabel="cumulative network passes", ylabel="training objective (per point)",
+                   title="training")
+    kl_rows = [row for row in history if "test_kl" in row]
+    if kl_rows:
+        kl_ax = history_ax.twinx()
+        kl_ax.plot([r["passes"] for r in kl_rows], [max(r["test_kl"], 1e-4) for r in kl_rows],
+                   color="tab:purple", marker=".")
+        kl_ax.set_yscale("log")
+        kl_ax.set_ylabel("test KL (nats)", color="tab:purple")
+    fig.tight_layout()
+    return fig

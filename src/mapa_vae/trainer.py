@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .files import atomic_write
 from .objectives import Objective
 
 CHECKPOINT_FORMAT = "mapa-vae-checkpoint/1"
@@ -58,14 +57,17 @@ class Trainer:
     ``history`` holds one row per ``log_every`` steps: step, mean bound over those steps, passes
     in the last step, cumulative passes, training wall time, σ, and the objective's own
     diagnostics (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
+    ``monitor(step, model) -> dict``, if given, adds its numbers to each row (e.g. a test KL); like
+    the diagnostics, its time is not training time and its network passes are not counted.
     """
 
     def __init__(self, objective: Objective, X: np.ndarray, config: TrainingConfig,
-                 progress: bool = False, device: str | torch.device = "cpu"):
+                 progress: bool = False, device: str | torch.device = "cpu", monitor=None):
         self.objective = objective
+        self.monitor = monitor
         self.config = config.validate()
         self.device = torch.device(device)
-        self.X = torch.as_tensor(X, dtype=torch.float32, device=self.device)
+        self.X = torch.tensor(X, dtype=torch.float32, device=self.device)
         self.n = self.X.shape[0]
         self.batch_size = min(config.batch_size, self.n)
         self.steps_per_epoch = max(1, self.n // self.batch_size)
@@ -158,6 +160,9 @@ class Trainer:
                "sigma": float(self.objective.model.likelihood.sigma.detach())}
         row.update(self.objective.diagnostics())
         row.update(self.objective.state_for_history())
+        if self.monitor is not None:
+            with torch.no_grad():
+                row.update(self.monitor(self.step, self.objective.model))
         self.history.append(row)
         self._running = 0.0
 
@@ -194,17 +199,7 @@ class Trainer:
 
 def save_torch(obj, path) -> Path:
     """``torch.save`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path) -> dict:

@@ -6,7 +6,8 @@ import torch
 from sklearn.utils import check_array
 
 
-def as_data(X, name: str = "X", n_features: int | None = None, min_samples: int = 1) -> np.ndarray:
+def as_data(X, name: str = "X", n_features: int | None = None, min_samples: int = 1,
+            owner: str = "the model") -> np.ndarray:
     """``X`` as a finite float64 array of shape ``(n_samples, n_features)``.
 
     Accepts array-likes and tensors. Raises ``ValueError`` naming ``name`` on NaN or inf, on a
@@ -20,8 +21,8 @@ def as_data(X, name: str = "X", n_features: int | None = None, min_samples: int 
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
     if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} columns (features) but {n_features} were "
-                         f"expected")
+        raise ValueError(f"{name} has {X.shape[1]} features, but {owner} is expecting "
+                         f"{n_features} features as input")
     return X
 
 

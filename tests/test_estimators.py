@@ -1,0 +1,202 @@
+"""Estimators: scikit-learn conventions, the shared surface, learning, errors."""
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from mapa_vae import datasets, test_kl
+from mapa_vae.estimators import (ESTIMATORS, DiscretePosterior, GaussianPosterior, IWAEDensity,
+                                 LaggingVAEDensity, MAPADensity, PriorISDensity, VAEDensity,
+                                 make_estimator)
+
+SMALL = {"steps": 3, "batch_size": 10, "log_every": 1, "random_state": 0}
+
+
+# scikit-learn generates the checks that apply to an unsupervised density estimator (no
+# classifier, regressor or transformer checks). All run and pass except one, which scikit-learn
+# itself skips: check_array_api_input runs only when SCIPY_ARRAY_API=1 is set before SciPy is
+# imported (it checks that array-API dispatch leaves results unchanged); setting it would change
+# SciPy's behaviour for the whole test session, so it is left to scikit-learn's default.
+@parametrize_with_checks([cls(**SMALL) for cls in ESTIMATORS.values()])
+def test_scikit_learn_conventions(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def circle():
+    truth = datasets.get("circle")
+    X, Z = truth.sample(300, seed=0)
+    return truth, X, Z
+
+
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+def test_every_method_answers_the_same_questions(method, circle):
+    truth, X, _ = circle
+    est = make_estimator(method, sigma=truth.sigma, steps=30, batch_size=50, log_every=10,
+                         random_state=0).fit(X)
+    scores = est.score_samples(X[:20])
+    assert scores.shape == (20,) and np.isfinite(scores).all()
+    assert est.score(X[:20]) == pytest.approx(scores.sum())
+    samples = est.sample(15, random_state=1)
+    assert samples.shape == (15, 2)
+    np.testing.assert_array_equal(samples, est.sample(15, random_state=1))
+    assert est.decode(np.zeros((4, 1))).shape == (4, 2)
+    assert est.sigma_ == pytest.approx(truth.sigma)
+    assert [row["step"] for row in est.history_] == [10, 20, 30]
+    assert est.total_passes_ == est.history_[-1]["passes"]
+    posterior = est.posterior(X[:5])
+    if isinstance(posterior, GaussianPosterior):
+        assert posterior.loc.shape == posterior.scale.shape == (5, 1)
+        assert (posterior.scale > 0).all()
+    else:
+        np.testing.assert_allclose(np.asarray(posterior.weights.sum(axis=1)).ravel(), 1.0)
+        assert posterior.mean().shape == (5, 1)
+
+
+def test_prior_proposal_posterior_matches_the_linear_gaussian_closed_form():
+    """For f(z) = w z + b and z ~ N(0, 1): p(z | x) = N(v wᵀ(x − b)/σ², v), v = 1/(1 + ‖w‖²/σ²)."""
+    decoder = torch.nn.Linear(1, 2)
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    est = PriorISDensity(decoder=decoder, sigma=0.5, steps=1, n_samples=200_000,
+                         random_state=0).fit(X)
+    w = est.model_.decoder.weight.detach().double().numpy()[:, 0]
+    b = est.model_.decoder.bias.detach().double().numpy()
+    x = np.array([[0.3, -0.2], [1.0, 0.5], [-0.4, 0.8]])
+    v = 1.0 / (1.0 + w @ w / 0.25)
+    expected = v * (x - b) @ w / 0.25
+    post = est.posterior(x, random_state=1)
+    assert post.weights.shape == (3, 200_000)
+    np.testing.assert_allclose(post.mean()[:, 0], expected, atol=0.01)
+    np.testing.assert_array_equal(post.weights, est.posterior(x, random_state=1).weights)
+
+
+def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
+    truth, X, _ = circle
+    est = MAPADensity(sigma=truth.sigma, steps=20, random_state=0).fit(X)
+    post = est.posterior(X[:7])
+    assert isinstance(post, DiscretePosterior)
+    assert post.weights.shape == (7, 300)
+    np.testing.assert_allclose(np.asarray(post.weights.sum(axis=1)).ravel(), 1.0)
+    atoms = np.sort(est.objective_.attachment.atoms.numpy()[:, 0])
+    np.testing.assert_allclose(np.sort(post.codes[:, 0]), atoms)  # codes are the atoms
+    assert post.mean().shape == (7, 1)
+
+
+def test_pass_counts_follow_the_method(circle):
+    truth, X, _ = circle
+    common = {"sigma": truth.sigma, "steps": 12, "batch_size": 50, "log_every": 12,
+              "random_state": 0}
+    mapa = MAPADensity(project_every=0, reattach_every=0, **common).fit(X)
+    assert mapa.total_passes_ == 12 * 50
+    mapa = MAPADensity(project_every=5, reattach_every=4, **common).fit(X)
+    assert mapa.total_passes_ == 12 * 50 + 3 * 300  # 3 re-attachments decode every atom
+    assert VAEDensity(**common).fit(X).total_passes_ == 12 * 2 * 50
+    assert IWAEDensity(n_samples=5, **common).fit(X).total_passes_ == 12 * 50 * 6
+    assert PriorISDensity(n_samples=50, **common).fit(X).total_passes_ == 12 * 50
+    lagging = LaggingVAEDensity(max_inner=7, check_every=100, **common).fit(X)
+    # each of the 12 steps starts aggressive (the first revert can only follow the second mutual
+    # information check, after step 12), so each is preceded by 7 inner encoder steps of 2B
+    # passes; the mutual information check (300 encoder passes) runs once per epoch of 6 steps
+    assert lagging.total_passes_ == 12 * 2 * 50 + 12 * 7 * 2 * 50 + 2 * 300
+    assert lagging.history_[-1]["passes"] == lagging.total_passes_
+
+
+def test_same_seed_same_result_and_different_seeds_differ(circle):
+    truth, X, _ = circle
+    runs = [MAPADensity(sigma=truth.sigma, steps=40, random_state=s).fit(X) for s in (3, 3, 4)]
+    a, b, c = (r.score_samples(X[:10]) for r in runs)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert runs[0].history_ == [{**row, "train_seconds": runs[0].history_[i]["train_seconds"]}
+                                for i, row in enumerate(runs[1].history_)]
+
+
+@pytest.mark.parametrize("cls", [MAPADensity, VAEDensity, LaggingVAEDensity])
+def test_checkpoint_round_trip_and_exact_resume(cls, circle, tmp_path):
+    truth, X, _ = circle
+    params = {"sigma": truth.sigma, "batch_size": 50, "log_every": 10, "random_state": 7}
+    if cls is MAPADensity:
+        params.update(project_every=5, reattach_every=15)
+    full = cls(steps=40, **params).fit(X)
+    half = cls(steps=20, **params).fit(X)
+    half.save(tmp_path / "half.pt")
+    loaded = cls.load(tmp_path / "half.pt")
+    np.testing.assert_array_equal(loaded.score_samples(X[:10]), half.score_samples(X[:10]))
+    resumed = cls.load(tmp_path / "half.pt", steps=40)
+    np.testing.assert_allclose(resumed.score_samples(X[:10]), full.score_samples(X[:10]),
+                               rtol=1e-6)
+    assert [r["passes"] for r in resumed.history_] == [r["passes"] for r in full.history_]
+
+
+def test_checkpoint_of_a_custom_decoder_needs_the_architecture(circle, tmp_path):
+    truth, X, _ = circle
+    decoder = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    before = [p.detach().clone() for p in decoder.parameters()]
+    est = MAPADensity(decoder=decoder, sigma=truth.sigma, steps=10, random_state=0).fit(X)
+    for p, q in zip(before, decoder.parameters()):  # the user's module is left untouched
+        assert torch.equal(p, q)
+    est.save(tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="custom decoder"):
+        MAPADensity.load(tmp_path / "custom.pt")
+    fresh = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    loaded = MAPADensity.load(tmp_path / "custom.pt", decoder=fresh)
+    np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))
+    with pytest.raises(ValueError, match="holds a MAPADensity checkpoint, not VAEDensity"):
+        VAEDensity.load(tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        MAPADensity.load(tmp_path / "missing.pt")
+
+
+def test_learned_sigma_moves_from_its_data_driven_start(circle):
+    truth, X, _ = circle
+    est = VAEDensity(steps=200, random_state=0).fit(X)
+    start = est.history_[0]["sigma"]
+    assert est.model_.likelihood.learn_sigma
+    assert est.sigma_ != pytest.approx(start)
+
+
+def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
+    """A real learning test: seeded, a few thousand steps, with margin."""
+    truth = datasets.get("circle")
+    X, Z = truth.sample(600, seed=0)
+    common = {"sigma": truth.sigma, "steps": 2000, "random_state": 0, "log_every": 500}
+    mapa = MAPADensity(init=Z, **common).fit(X)
+    vae = VAEDensity(**common).fit(X)
+    kl_mapa = test_kl(truth, mapa.score_samples, n_samples=2000, seed=1)
+    kl_vae = test_kl(truth, vae.score_samples, n_samples=2000, seed=1)
+    assert kl_mapa.mean + 3 * kl_mapa.se < kl_vae.mean - 3 * kl_vae.se
+    assert kl_mapa.mean < 0.5 * kl_vae.mean
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: make_estimator("gan"), "unknown method 'gan'"),
+    (lambda: IWAEDensity(n_samples=0, **SMALL), "S must be an integer >= 1"),
+    (lambda: PriorISDensity(n_samples=-2, **SMALL), "S must be an integer >= 1"),
+    (lambda: MAPADensity(steps=0), "steps must be a positive integer"),
+    (lambda: MAPADensity(batch_size=-5, steps=2), "batch_size must be a positive integer"),
+    (lambda: MAPADensity(learning_rate=0.0, steps=2), "learning_rate must be a positive"),
+    (lambda: MAPADensity(reattach_every=-1, steps=2), "reattach_every must be a non-negative"),
+    (lambda: MAPADensity(decoder=torch.nn.Linear(1, 3), steps=2), r"expected \(2, 2\)"),
+    (lambda: MAPADensity(decoder="mlp", steps=2), "decoder must be a torch.nn.Module"),
+    (lambda: MAPADensity(init=np.zeros((5, 1)), steps=2), "init has 5 rows but X has 40"),
+    (lambda: MAPADensity(init="bogus", steps=2), "unknown attachment method"),
+    (lambda: MAPADensity(sigma=-1.0, steps=2), "sigma must be"),
+    (lambda: MAPADensity(latent_dim=0, steps=2), "latent_dim must be a positive integer"),
+    (lambda: MAPADensity(prior="cauchy", steps=2), "unknown prior 'cauchy'"),
+])
+def test_bad_settings_give_clear_errors(make, message):
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    with pytest.raises(ValueError, match=message):
+        make().fit(X)
+
+
+def test_bad_data_gives_clear_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        MAPADensity(steps=2).fit(np.array([[0.0, np.nan], [1.0, 1.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match="minimum of 2"):
+        MAPADensity(steps=2).fit(np.zeros((1, 2)))
+    est = MAPADensity(steps=2, random_state=0).fit(np.random.default_rng(0).normal(size=(30, 2)))
+    with pytest.raises(ValueError, match="X has 3 features, but MAPADensity is expecting 2"):
+        est.score_samples(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        est.sample(0)
