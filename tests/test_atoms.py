@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from scipy.stats import kstest, spearmanr
 
 from mapa_vae import MAPAPosterior, datasets
-from mapa_vae.atoms import (Attachment, initial_attachment, seriation_order, stratified_atoms,
-                            transport)
+from mapa_vae.atoms import (Attachment, candidate_attachments, candidate_coordinates,
+                            coarse_tour, greedy_tour, initial_attachment, roughness, short_path,
+                            stratified_atoms, transport)
 from mapa_vae.priors import StandardNormal, Uniform
 
 
@@ -36,7 +37,8 @@ def test_projection_leaves_the_multiset_of_atoms_unchanged(seed, n, d, scale):
     rng = np.random.default_rng(seed)
     attachment = Attachment(atoms, rng.permutation(n))
     with torch.no_grad():
-        attachment.positions.add_(scale * torch.randn(n, d, generator=torch.Generator().manual_seed(seed)))
+        noise = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+        attachment.positions.add_(scale * noise)
     attachment.project()
     attached = attachment.attached().numpy()
     key = np.lexsort(attached.T)
@@ -91,15 +93,75 @@ def test_transport_keeps_the_arrangement_of_the_points():
         assert spearmanr(points2[:, j], atoms2[perm2, j]).statistic > 0.9
 
 
-def test_seriation_recovers_the_order_along_an_open_curve():
+def _path_length(C, order):
+    return float(np.sqrt(((C[order[1:]] - C[order[:-1]]) ** 2).sum(axis=1)).sum())
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(4, 7))
+def test_short_path_is_optimal_on_small_sets(seed, k):
+    import itertools
+
+    C = np.random.default_rng(seed).normal(size=(k, 2))
+    order = short_path(C)
+    assert sorted(order.tolist()) == list(range(k))
+    best = min(_path_length(C, np.array(p)) for p in itertools.permutations(range(k)))
+    # 2-opt and Or-opt local optima are not always optimal; on so few points they nearly are
+    assert _path_length(C, order) <= 1.05 * best + 1e-12
+
+
+def test_short_path_improves_on_the_greedy_tour():
+    C = np.random.default_rng(1).uniform(size=(150, 2))
+    assert _path_length(C, short_path(C)) < 0.95 * _path_length(C, greedy_tour(C))
+
+
+@pytest.mark.parametrize("method", ["coarse", "fiedler"])
+def test_seriation_recovers_the_order_along_an_open_curve(method):
     truth = datasets.get("spiral")
     X, Z = truth.sample(800, seed=0)
     W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
-    order = seriation_order(W @ X, W)
-    assert sorted(order.tolist()) == list(range(800))
-    rank = np.empty(800)
-    rank[order] = np.arange(800)
-    assert abs(spearmanr(rank, Z[:, 0]).statistic) > 0.99
+    position = candidate_coordinates(method, X, W, 1)
+    assert sorted(position[:, 0].tolist()) == list(range(800))
+    assert abs(spearmanr(position[:, 0], Z[:, 0]).statistic) > 0.99
+
+
+def _consecutive_gaps(Z, order):
+    """|Δt| between consecutive points of ``order``, on the circle of t = Φ(z)."""
+    t = torch.special.ndtr(torch.from_numpy(Z[order, 0])).numpy()
+    step = np.abs(np.diff(t))
+    return np.minimum(step, 1 - step)
+
+
+def test_coarse_tour_follows_a_self_crossing_curve():
+    """On the figure-8 a tour through every point strays; the coarse skeleton does not."""
+    truth = datasets.get("figure-8")
+    X, Z = truth.sample(1000, seed=0)
+    W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
+    Y = np.asarray(W @ X)
+    coarse, greedy = coarse_tour(Y, random_state=0), greedy_tour(Y)
+    assert roughness(Y, coarse) < 0.5 * roughness(Y, greedy)
+    # consecutive points are close along the curve, except where the order meets the crossing
+    # (t and t + ½ are the same place there)
+    assert np.mean(_consecutive_gaps(Z, coarse) < 0.05) > 0.95
+    random = np.random.default_rng(0).permutation(1000)
+    assert np.mean(_consecutive_gaps(Z, random) < 0.05) < 0.15
+
+
+def test_candidates_and_the_least_rough_choice():
+    truth = datasets.get("circle")
+    X, _ = truth.sample(400, seed=2)
+    W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
+    atoms = stratified_atoms(truth.prior, 400)
+    perms = candidate_attachments(X, W, atoms, truth.prior, random_state=0)
+    assert set(perms) == {"coarse", "fiedler", "angle"}
+    for perm in perms.values():
+        assert sorted(perm.tolist()) == list(range(400))
+    chosen = initial_attachment(X, W, atoms, truth.prior, "seriation", random_state=0)
+    Y = np.asarray(W @ X)
+    rough = {name: roughness(Y, np.argsort(atoms[perm, 0])) for name, perm in perms.items()}
+    assert any(np.array_equal(chosen, perms[name]) for name in perms
+               if rough[name] == min(rough.values()))
+    assert rough["fiedler"] > rough["angle"]  # a loop has no Fiedler order
 
 
 def test_seriation_attaches_neighbouring_atoms_to_neighbours_on_a_loop():
@@ -126,7 +188,7 @@ def test_isomap_attachment_recovers_the_coordinates_of_an_elongated_sheet():
     X = np.column_stack([3 * Z[:, 0], Z[:, 1], 0.2 * np.sin(3 * Z[:, 0])])
     mapa = MAPAPosterior(n_neighbors=30, sigma=0.05).fit(X)
     atoms = stratified_atoms(Uniform(2), 600, random_state=0)
-    perm = initial_attachment(X, mapa.weights_, atoms, Uniform(2), "auto", random_state=0)
+    perm = initial_attachment(X, mapa.weights_, atoms, Uniform(2), "isomap", random_state=0)
     codes = atoms[perm]
     corr = np.abs([[spearmanr(codes[:, i], Z[:, j]).statistic for j in range(2)]
                    for i in range(2)])
@@ -138,7 +200,7 @@ def test_initial_attachment_errors():
     W = MAPAPosterior(sigma=0.3).fit(X).weights_
     with pytest.raises(ValueError, match="needs latent_dim 1"):
         initial_attachment(X, W, stratified_atoms(StandardNormal(2), 20, 0), StandardNormal(2),
-                           "seriation")
+                           "coarse")
     with pytest.raises(ValueError, match="unknown attachment method 'bogus'"):
         initial_attachment(X, W, stratified_atoms(StandardNormal(1), 20), StandardNormal(1),
                            "bogus")

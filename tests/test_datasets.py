@@ -376,3 +376,21 @@ def test_spec_with_empty_object_name(user_file):
 def test_twin_requested_but_missing(user_file):
     with pytest.raises(ValueError, match=r"defines no object named 'make_twin'"):
         datasets.get(f"{user_file}:make", twin=True)
+
+
+@pytest.mark.parametrize("name", datasets.names())
+def test_twin_codes_give_the_same_data_and_follow_the_prior(name):
+    """f_twin(twin_codes(z)) = f(z), and the twin's codes of prior draws are prior draws."""
+    truth, twin = datasets.get(name), datasets.get(name, twin=True)
+    _, Z = truth.sample(3000, seed=0)
+    Z_twin = datasets.twin_codes(name, Z)
+    np.testing.assert_allclose(twin.mean(Z_twin), truth.mean(Z), atol=1e-9)
+    fresh = truth.prior.sample(3000, random_state=1)
+    for j in range(truth.latent_dim):
+        assert stats.ks_2samp(Z_twin[:, j], fresh[:, j]).pvalue > 1e-3
+    assert not np.allclose(Z_twin, Z)
+
+
+def test_twin_codes_need_a_built_in_name():
+    with pytest.raises(ValueError, match="twin codes are known for the built-in"):
+        datasets.twin_codes("my.py:thing", np.zeros((2, 1)))

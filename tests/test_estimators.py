@@ -200,3 +200,40 @@ def test_bad_data_gives_clear_errors():
         est.score_samples(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="n_samples must be a positive integer"):
         est.sample(0)
+
+
+def test_pilot_runs_choose_the_attachment_by_the_bound_and_share_the_step_budget(circle,
+                                                                                    tmp_path):
+    truth, X, _ = circle
+    est = MAPADensity(sigma=truth.sigma, steps=60, batch_size=50, pilot_steps=10, log_every=10,
+                      reattach_every=0, random_state=0).fit(X)
+    assert set(est.pilot_bounds_) == {"coarse", "fiedler", "angle"}
+    assert est.attachment_ == max(est.pilot_bounds_, key=est.pilot_bounds_.get)
+    # the winner stops at 60 − 2·10 steps; with the losers' 20, 60 optimiser steps in all, and
+    # each candidate's bound over all 300 points costs 300 decoder passes
+    assert est.trainer_.step == 40 and est.optimizer_steps_ == 60
+    assert est.total_passes_ == 60 * 50 + 3 * 300
+    assert est.history_[0]["passes"] == 3 * 10 * 50  # the first row: all three candidates
+    assert est.history_[-1]["passes"] == est.total_passes_
+    # the chosen candidate's pilot bound is what its own 10 steps give
+    alone = MAPADensity(sigma=truth.sigma, steps=40, batch_size=50, init=est.attachment_,
+                        pilot_steps=10, log_every=10, reattach_every=0, random_state=0)
+    alone.fit(X)
+    np.testing.assert_allclose(alone.history_[0]["bound_full"],
+                               est.pilot_bounds_[est.attachment_], rtol=1e-5)
+    est.save(tmp_path / "pilot.pt")
+    loaded = MAPADensity.load(tmp_path / "pilot.pt")
+    assert loaded.attachment_ == est.attachment_ and loaded.pilot_bounds_ == est.pilot_bounds_
+    np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))
+    longer = MAPADensity.load(tmp_path / "pilot.pt", steps=80)
+    assert longer.trainer_.step == 60 and longer.optimizer_steps_ == 80
+
+
+def test_given_coordinates_survive_a_checkpoint(circle, tmp_path):
+    truth, X, Z = circle
+    est = MAPADensity(sigma=truth.sigma, steps=20, init=Z, random_state=0).fit(X)
+    assert est.attachment_ == "given" and est.pilot_bounds_ == {}
+    est.save(tmp_path / "given.pt")
+    loaded = MAPADensity.load(tmp_path / "given.pt")
+    np.testing.assert_array_equal(loaded.init, Z)
+    np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))

@@ -8,8 +8,9 @@ permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on 
    ``d_z = 1``: *seriation*. Three orderings are proposed, a greedy nearest-neighbour tour cut at
    its longest edge (k-d tree, ``O(N k log N)`` typically), the order of the first non-trivial
    Laplacian eigenvector of the symmetrised MAPA graph (right for open curves), and the angle
-   of the first two (right for loops, cut at the longest edge); the one with the shortest path
-   through ``Y`` wins, and its ranks are matched to the sorted atoms. ``d_z ≥ 2``: an Isomap
+   of the first two (right for loops, cut at the longest edge); the least rough one wins (the
+   smallest mean squared distance of ``Y`` from its running mean along the order, ``O(N)``),
+   and its ranks are matched to the sorted atoms. ``d_z ≥ 2``: an Isomap
    embedding of ``Y`` (geodesic distances on a 10-neighbour graph; it unrolls elongated sheets,
    where the second Laplacian eigenvector is a harmonic of the long axis) or a spectral embedding
    of the MAPA graph, each coordinate mapped through its empirical CDF and the prior's inverse
@@ -30,10 +31,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy import sparse
+from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 from scipy.stats import qmc, rankdata
+from sklearn.cluster import KMeans
 from sklearn.manifold import Isomap, SpectralEmbedding
 from torch import nn
 
@@ -84,22 +87,96 @@ def cut_at_longest_edge(Y: np.ndarray, cycle: np.ndarray) -> np.ndarray:
     return np.roll(cycle, -(int(np.argmax(edges)) + 1))
 
 
-def path_length(Y: np.ndarray, order: np.ndarray) -> float:
-    """Total Euclidean length of the open path visiting ``Y`` in ``order``."""
-    return float(np.sqrt(((Y[order[1:]] - Y[order[:-1]]) ** 2).sum(axis=1)).sum())
+def short_path(C: np.ndarray) -> np.ndarray:
+    """A short open path through the rows of ``C`` (meant for at most a few hundred points).
+
+    The path is a closed tour through ``C`` and a dummy point at distance zero from all; from a
+    greedy start the best 2-opt move (reverse a stretch) or Or-opt move (move a stretch of 1–3
+    points elsewhere, either way round) is applied until none shortens it. Each round scores
+    every move at once, ``O(K²)``; the result is deterministic.
+    """
+    k = C.shape[0]
+    if k <= 3:
+        return np.arange(k)
+    D = np.zeros((k + 1, k + 1))
+    D[:k, :k] = cdist(C, C)
+    tour = np.append(greedy_tour(C), k)
+    m = k + 1
+    upper = np.triu(np.ones((m, m), dtype=bool), 2)
+    upper[0, m - 1] = False  # the edges (0, 1) and (m − 1, 0) are adjacent
+    while True:
+        a, b = tour, np.roll(tour, -1)
+        edge = D[a, b]
+        # 2-opt: edges (a_i, b_i), (a_j, b_j) → (a_i, a_j), (b_i, b_j), i < j
+        two = D[np.ix_(a, a)] + D[np.ix_(b, b)] - edge[:, None] - edge[None, :]
+        two = np.where(upper, two, np.inf)
+        i2, j2 = np.unravel_index(np.argmin(two), two.shape)
+        best = (two[i2, j2], "2opt", i2, j2, 0, False)
+        # Or-opt: the stretch tour[i : i + L] goes between tour[j] and tour[j + 1]
+        for length in (1, 2, 3):
+            first, last = tour, np.roll(tour, -(length - 1))
+            before, after = np.roll(tour, 1), np.roll(tour, -length)
+            removed = D[before, first] + D[last, after] - D[before, after]
+            for reverse in (False, True):
+                head, tail = (last, first) if reverse else (first, last)
+                added = D[np.ix_(head, a)].T + D[np.ix_(tail, b)].T - edge[:, None]  # [j, i]
+                gain = added.T - removed[:, None]  # [i, j]
+                offset = (np.arange(m)[None, :] - np.arange(m)[:, None]) % m
+                gain[(offset < length) | (offset == m - 1)] = np.inf  # j inside or just before
+                i, j = np.unravel_index(np.argmin(gain), gain.shape)
+                if gain[i, j] < best[0]:
+                    best = (gain[i, j], "oropt", i, j, length, reverse)
+        delta, kind, i, j, length, reverse = best
+        if not delta < -1e-12 * (1.0 + D.max()):
+            break
+        if kind == "2opt":
+            tour[i + 1:j + 1] = tour[i + 1:j + 1][::-1].copy()
+        else:
+            stretch = tour[(i + np.arange(length)) % m]
+            target = tour[j]
+            rest = np.delete(tour, (i + np.arange(length)) % m)
+            at = int(np.flatnonzero(rest == target)[0]) + 1
+            tour = np.insert(rest, at, stretch[::-1] if reverse else stretch)
+    cut = int(np.flatnonzero(tour == k)[0])
+    return np.roll(tour, -(cut + 1))[:k]
 
 
-def seriation_order(Y: np.ndarray, weights: sparse.spmatrix | None = None,
-                    random_state=None) -> np.ndarray:
-    """An ordering of the rows of ``Y`` along the data: the shortest of a greedy tour and, given
-    the MAPA graph ``weights``, its Fiedler order and its eigen-angle order."""
-    candidates = [greedy_tour(Y)]
-    if weights is not None and Y.shape[0] > 3:
-        E = spectral_coordinates(weights, 2, random_state)
-        candidates.append(np.argsort(E[:, 0], kind="stable"))
-        candidates.append(cut_at_longest_edge(Y, np.argsort(np.arctan2(E[:, 1], E[:, 0]),
-                                                             kind="stable")))
-    return min(candidates, key=lambda order: path_length(Y, order))
+def coarse_tour(Y: np.ndarray, n_centres: int = 48, random_state=None) -> np.ndarray:
+    """Order the rows of ``Y`` along the data through a coarse skeleton.
+
+    ``K`` k-means centres of ``Y`` lie along the curve with gaps wider than the noise band, so a
+    short path through them (:func:`short_path`) follows the curve without the zigzags and
+    stragglers of a tour through every point. Each point then takes its centre's place on the
+    path, and within a centre the order of its projection on the path's local direction.
+    Cost: k-means ``O(N K)`` per iteration, then ``O(K²)`` per path round.
+    """
+    n = Y.shape[0]
+    k = min(n_centres, n)
+    km = KMeans(n_clusters=k, n_init=1, random_state=random_state).fit(Y)
+    centres, labels = km.cluster_centers_, km.labels_
+    path = short_path(centres)
+    place = np.empty(k)
+    place[path] = np.arange(k)
+    direction = np.gradient(centres[path], axis=0) if k > 1 else np.zeros_like(centres)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True) + 1e-300
+    along = np.empty_like(direction)
+    along[path] = direction
+    offset = ((Y - centres[labels]) * along[labels]).sum(axis=1)
+    return np.lexsort((offset, place[labels]))
+
+
+def roughness(Y: np.ndarray, order: np.ndarray) -> float:
+    """How far the rows of ``Y`` stray from their running mean along ``order``: the mean squared
+    distance of each row from the average of the ``w = max(3, N/32)`` rows around it.
+
+    A decoder is a smooth function of the atom, hence of the rank along the order; an order that
+    folds back or jumps mixes far-apart points into one window and scores high, while a path that
+    zigzags across the noise band (short, but no worse for a smooth decoder) does not.
+    """
+    window = max(3, Y.shape[0] // 32)
+    path = Y[order]
+    smooth = uniform_filter1d(path, size=window, axis=0, mode="nearest")
+    return float(((path - smooth) ** 2).sum(axis=1).mean())
 
 
 def isomap_coordinates(Y: np.ndarray, n_components: int, n_neighbors: int = 10) -> np.ndarray:
@@ -135,31 +212,88 @@ def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray
     return perm.astype(np.int64)
 
 
+#: The data-only attachments proposed for each latent dimension (1, or 2 and above).
+CANDIDATES = {1: ("coarse", "fiedler", "angle"), 2: ("isomap", "spectral")}
+METHODS = ("auto", "seriation") + CANDIDATES[1] + ("greedy",) + CANDIDATES[2] + ("random",)
+
+
+def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, d: int,
+                          random_state=None) -> np.ndarray:
+    """Coordinates of shape ``(N, d)`` whose arrangement an attachment ``method`` takes over,
+    computed on the MAPA-smoothed data ``Y = W X`` or the MAPA graph ``W``.
+
+    1-D orders (positions along the data): ``coarse`` (:func:`coarse_tour`), ``greedy``
+    (:func:`greedy_tour`), ``fiedler`` (first non-trivial Laplacian eigenvector: open curves),
+    ``angle`` (angle of the first two, cut at the longest edge: loops). ``d``-D: ``isomap``
+    (geodesic distances; unrolls sheets), ``spectral`` (Laplacian eigenvectors).
+    """
+    n = X.shape[0]
+    Y = np.asarray(weights @ X)
+    if method in CANDIDATES[1] + ("greedy",) and d != 1:
+        raise ValueError(f"{method!r} orders points along a curve; it needs latent_dim 1, not {d}")
+    if method == "isomap":
+        return isomap_coordinates(Y, d)
+    if method == "spectral":
+        return spectral_coordinates(weights, d, random_state)
+    if method == "coarse":
+        order = coarse_tour(Y, random_state=random_state)
+    elif method == "greedy":
+        order = greedy_tour(Y)
+    else:
+        E = spectral_coordinates(weights, 2, random_state)
+        if method == "fiedler":
+            order = np.argsort(E[:, 0], kind="stable")
+        else:
+            order = cut_at_longest_edge(Y, np.argsort(np.arctan2(E[:, 1], E[:, 0]),
+                                                      kind="stable"))
+    position = np.empty((n, 1))
+    position[order, 0] = np.arange(n)
+    return position
+
+
+def candidate_attachments(X: np.ndarray, weights: sparse.spmatrix, atoms: np.ndarray,
+                          prior: Prior, random_state=None) -> dict[str, np.ndarray]:
+    """Every data-only attachment proposed for the latent dimension of ``atoms``, by name."""
+    d = atoms.shape[1]
+    names = CANDIDATES[1] if d == 1 else CANDIDATES[2]
+    if X.shape[0] < 4:
+        names = ("greedy",) if d == 1 else ("random",)  # the spectral methods need more points
+    if names == ("random",):
+        return {"random": initial_attachment(X, weights, atoms, prior, "random", random_state)}
+    return {name: transport(candidate_coordinates(name, X, weights, d, random_state), atoms,
+                            prior) for name in names}
+
+
+def least_rough(perms: dict, Y: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """The attachment among ``perms`` whose order of the atoms runs least roughly through ``Y``
+    (:func:`roughness`); 1-D atoms are ordered by value, higher-dimensional by first coordinate."""
+    atom_rank = np.argsort(np.argsort(atoms[:, 0], kind="stable"), kind="stable")
+    return min(perms.values(), key=lambda perm: roughness(Y, np.argsort(atom_rank[perm])))
+
+
 def initial_attachment(X: np.ndarray, weights: sparse.spmatrix, atoms: np.ndarray, prior: Prior,
-                       method: str = "auto", random_state=None) -> np.ndarray:
+                       method: str = "seriation", random_state=None) -> np.ndarray:
     """A data-only attachment ``perm`` (index ``n`` carries ``atoms[perm[n]]``).
 
-    ``method``: ``"seriation"`` (1-D only), ``"isomap"``, ``"spectral"``, ``"random"``, or
-    ``"auto"`` (seriation in 1-D, Isomap above).
+    ``method``: one of :data:`CANDIDATES`, ``"random"``, or ``"seriation"``: for ``d_z = 1`` the
+    least rough (:func:`roughness` of ``W X``) of the 1-D candidates, above that Isomap.
+    (``"auto"``, choosing among the candidates by the bound after a short training, is the
+    estimator's, :class:`~mapa_vae.MAPADensity`.)
     """
     d = atoms.shape[1]
-    if method == "auto":
-        method = "seriation" if d == 1 else "isomap"
+    if method not in METHODS or method == "auto":
+        raise ValueError(f"unknown attachment method {method!r}; choose one of "
+                         f"{', '.join(METHODS[1:])} (\"auto\" is MAPADensity's choice by pilot "
+                         f"runs)")
     if method == "random":
         return np.random.default_rng(random_state).permutation(X.shape[0]).astype(np.int64)
-    smoothed = np.asarray(weights @ X)
     if method == "seriation":
-        if d != 1:
-            raise ValueError(f"seriation orders along a curve; it needs latent_dim 1, not {d}")
-        position = np.empty(X.shape[0])
-        position[seriation_order(smoothed, weights, random_state)] = np.arange(X.shape[0])
-        return transport(position[:, None], atoms, prior)
-    if method == "isomap":
-        return transport(isomap_coordinates(smoothed, d), atoms, prior)
-    if method == "spectral":
-        return transport(spectral_coordinates(weights, d, random_state), atoms, prior)
-    raise ValueError(f"unknown attachment method {method!r}; choose auto, seriation, isomap, "
-                     f"spectral or random")
+        if d > 1:
+            method = "isomap"
+        else:
+            return least_rough(candidate_attachments(X, weights, atoms, prior, random_state),
+                               np.asarray(weights @ X), atoms)
+    return transport(candidate_coordinates(method, X, weights, d, random_state), atoms, prior)
 
 
 class Attachment(nn.Module):

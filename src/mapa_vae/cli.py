@@ -87,14 +87,16 @@ def fit(args) -> dict:
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test, steps=args.steps,
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       learn_sigma=args.learn_sigma, init=args.init, seed=args.seed,
-                       log_every=min(args.log_every, args.steps), eval_every=args.eval_every)
+                       lr_schedule=args.lr_schedule, learn_sigma=args.learn_sigma, init=args.init,
+                       seed=args.seed, log_every=min(args.log_every, args.steps),
+                       eval_every=args.eval_every)
     return run(config, args.out, progress=not args.quiet)
 
 
 def _print_fit(metrics: dict, out: str) -> None:
     print(f"{metrics['dataset']}, {metrics['label']}, seed {metrics['seed']}: "
-          f"{metrics['config']['steps']} steps in {metrics['train_seconds']:.1f} s")
+          f"{metrics['config']['steps']} steps; setup {metrics['setup_seconds']:.1f} s, training "
+          f"{metrics['train_seconds']:.1f} s")
     rows = [("test KL (nats)", f"{metrics['test_kl']:.4f} ± {metrics['test_kl_se']:.4f}"),
             ("mean log p_θ(x), test", f"{metrics['test_log_prob']:.4f}"),
             ("mean log p_true(x), test", f"{metrics['true_log_prob']:.4f}"),
@@ -107,6 +109,41 @@ def _print_fit(metrics: dict, out: str) -> None:
     for name, value in rows:
         print(f"  {name:<26}{value}")
     print(f"wrote metrics.json, history.csv, checkpoint.pt and fit.png in {out}")
+
+
+def bench(args) -> str:
+    """Run the benchmark (resumable) and write its results, summary and figures."""
+    from .bench import QUICK, BenchConfig, bench as run_bench
+
+    settings = dict(QUICK) if args.quick else {}
+    for key in ("datasets", "methods", "seeds", "first_seed", "steps", "batch_size",
+                "learning_rate", "lr_schedule", "n_train", "n_test", "eval_every", "jobs"):
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    summary = run_bench(BenchConfig(**settings), args.out, progress=not args.quiet)
+    if not args.no_paper_figures:
+        from .figures import paper_figures
+
+        paper_figures(args.out)
+    return summary
+
+
+def _print_bench(summary: str, out: str) -> None:
+    print(summary)
+    print(f"wrote results.json, results.csv, summary.md and figures in {out}")
+
+
+def figures(args) -> list:
+    """Write the paper's figures (1, 3, 4, 5) from the ground truths and MAPA."""
+    from .figures import paper_figures
+
+    return paper_figures(args.out, n_train=args.n_train, seed=args.seed)
+
+
+def _print_figures(paths: list, out: str) -> None:
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/demo", help="output folder")
     p.set_defaults(run=demo, report=_print_summary)
 
+    from .atoms import METHODS as ATTACHMENTS
     from .estimators import ESTIMATORS
 
     p = commands.add_parser("fit", help="train one method on a ground truth and score its density",
@@ -144,11 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=3000)
     p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     p.add_argument("--learn-sigma", action="store_true",
                    help="learn the noise sigma (default: fixed at the ground truth's)")
-    p.add_argument("--init", default="auto",
-                   choices=["auto", "seriation", "isomap", "spectral", "random"],
-                   help="MAPA's data-only initial attachment of atoms to training points")
+    p.add_argument("--init", default="auto", choices=ATTACHMENTS,
+                   help="MAPA's data-only initial attachment of atoms to training points "
+                        "(auto: each candidate trains briefly, the highest bound continues)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
@@ -159,6 +198,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/fit", help="output folder")
     p.set_defaults(run=fit, report=_print_fit)
+
+    from .bench import METHODS
+
+    p = commands.add_parser(
+        "bench", help="every dataset x method x seed under one protocol; table and figures",
+        description="Fit every method on every dataset for several seeds (same decoder, "
+                    "optimiser, batch, steps and sigma), in parallel and resumable; write "
+                    "results.json, results.csv, summary.md and figures.")
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help=f"default: all built-in ({' '.join(datasets.names())})")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"default: {' '.join(METHODS)} (any iwae-S or prior-is-S)")
+    p.add_argument("--seeds", type=_positive_int, default=None, help="default 5")
+    p.add_argument("--first-seed", type=int, default=None,
+                   help="seeds run from this one up (default 0); other seeds, other data")
+    p.add_argument("--steps", type=_positive_int, default=None, help="default 3000")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 100")
+    p.add_argument("--learning-rate", type=float, default=None, help="default 0.001 (Adam)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="default constant")
+    p.add_argument("--n-train", type=_positive_int, default=None, help="default 1000")
+    p.add_argument("--n-test", type=_positive_int, default=None, help="default 5000")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between test-KL measurements for the curves (default 250; 0: "
+                        "none)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per "
+                                                         "core)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: circle and quadratic, mapa, vae and iwae-10, one seed, "
+                        "400 steps on 400 points (other flags still apply)")
+    p.add_argument("--no-paper-figures", action="store_true",
+                   help="skip the paper's figures 1, 3, 4 and 5")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default="results/bench", help="output folder")
+    p.set_defaults(run=bench, report=_print_bench)
+
+    p = commands.add_parser("figures", help="the paper's figures 1, 3, 4 and 5 as PNG")
+    p.add_argument("--n-train", type=_positive_int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/figures", help="output folder")
+    p.set_defaults(run=figures, report=_print_figures)
     return parser
 
 

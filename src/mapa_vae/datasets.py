@@ -103,6 +103,31 @@ BUILT_IN = {
 }
 
 
+def _circle_codes(z):
+    return _ndtri(torch.remainder(_ndtr(z) - 0.25, 1.0).clamp(1e-15, 1 - 1e-15))
+
+
+#: For each built-in family (f, twin f ∘ T), the map ``z ↦ z'`` from a point's code under the
+#: model to its code under the twin, with ``f_twin(z') = f(z)``: the same data, other codes.
+TWIN_CODES = {
+    "quadratic": lambda z: 2.0 * torch.abs(0.5 - z),
+    "absolute-value": lambda z: _ndtri((2.0 * _ndtr(torch.abs(z)) - 1.0).clamp_min(1e-300)),
+    "circle": _circle_codes,
+    "spiral": torch.neg,
+    "figure-8": torch.neg,
+    "clusters": torch.neg,
+    "swiss-roll": lambda z: 1.0 - z,
+}
+
+
+def twin_codes(name: str, Z):
+    """Codes under the twin of the built-in family ``name`` for points with codes ``Z`` under the
+    model: ``f_twin(twin_codes(Z)) = f(Z)``. Shape ``(n, latent_dim)``, float64."""
+    if name not in TWIN_CODES:
+        raise ValueError(f"twin codes are known for the built-in datasets {names()}, not {name!r}")
+    return TWIN_CODES[name](torch.as_tensor(Z, dtype=torch.float64)).numpy()
+
+
 def names() -> list[str]:
     """The built-in dataset names."""
     return list(BUILT_IN)

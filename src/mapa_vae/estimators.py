@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,8 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .atoms import Attachment, initial_attachment, stratified_atoms, transport
+from .atoms import (Attachment, candidate_attachments, initial_attachment, least_rough,
+                    stratified_atoms, transport)
 from .encoders import AmortizedPosterior
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
@@ -30,6 +32,7 @@ from .trainer import Trainer, TrainingConfig, load_torch, save_torch
 from .validation import as_data, check_positive_int
 
 _MODULE_PARAMS = ("decoder", "encoder")
+_ARRAY_IN_STATE = "<array kept in the checkpoint>"
 
 
 @dataclass
@@ -64,8 +67,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     method = "base"
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
-                 random_state=None, verbose=False, device="cpu"):
+                 steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
+                 log_every=100, random_state=None, verbose=False, device="cpu"):
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.prior = prior
@@ -74,6 +77,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         self.steps = steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.lr_schedule = lr_schedule
         self.log_every = log_every
         self.random_state = random_state
         self.verbose = verbose
@@ -129,20 +133,19 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def _make_objective(self, X, model, seed):
         raise NotImplementedError
 
-    def _setup(self, X, monitor=None):
-        X = as_data(X, "X", min_samples=2)
-        config = TrainingConfig(steps=self.steps, batch_size=self.batch_size,
-                                learning_rate=self.learning_rate, seed=0,
+    def _setup(self, X, seed: int, monitor=None, steps: int | None = None) -> Trainer:
+        """The model, objective and trainer for validated data ``X`` (``steps``: the trainer's
+        budget, default ``self.steps``)."""
+        config = TrainingConfig(steps=self.steps if steps is None else steps,
+                                batch_size=self.batch_size, learning_rate=self.learning_rate,
+                                lr_schedule=self.lr_schedule, seed=seed,
                                 log_every=self.log_every).validate()
-        seed = self._seed()
-        config.seed = seed
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = self._build_model(X)
             objective = self._make_objective(X, model, seed).to(self.device)
-        trainer = Trainer(objective, X, config, progress=self.verbose, device=self.device,
-                          monitor=monitor)
-        return X, trainer
+        return Trainer(objective, X, config, progress=self.verbose, device=self.device,
+                       monitor=monitor)
 
     # --- the estimator API ------------------------------------------------------------------
     def fit(self, X, y=None, monitor=None):
@@ -152,12 +155,15 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         :class:`~mapa_vae.model.GenerativeModel` being trained; its numbers join
         that row of ``history_`` (not counted as training time or passes).
         """
-        X, trainer = self._setup(X, monitor)
+        start = time.perf_counter()
+        X = as_data(X, "X", min_samples=2)
+        trainer = self._setup(X, self._seed(), monitor)
+        self.setup_seconds_ = time.perf_counter() - start
+        trainer.fit()
         self._finish(X, trainer)
         return self
 
     def _finish(self, X, trainer: Trainer) -> None:
-        trainer.fit()
         self.trainer_ = trainer
         self.objective_ = trainer.objective
         self.model_ = trainer.objective.model
@@ -166,7 +172,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         self.X_fit_ = X
         self.total_passes_ = trainer.passes
         self.train_seconds_ = trainer.train_seconds
-        self.passes_per_step_ = trainer.passes / max(trainer.step, 1)
+        self.optimizer_steps_ = trainer.step + trainer.extra_steps
+        self.passes_per_step_ = trainer.passes / max(self.optimizer_steps_, 1)
 
     def score_samples(self, X) -> np.ndarray:
         """``log p_θ(x)`` per row, shape ``(n_samples,)`` (quadrature; latent_dim ≤ 2)."""
@@ -206,6 +213,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         params["hidden"] = list(params["hidden"])
         if isinstance(params["prior"], Prior):
             params["prior"] = params["prior"].name
+        if "init" in params and not isinstance(params["init"], str):
+            params["init"] = _ARRAY_IN_STATE  # the coordinates are kept as a tensor
         if not isinstance(params["random_state"], (int, type(None))):
             params["random_state"] = None
         return params
@@ -218,7 +227,14 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         state["params"] = json.dumps(self._params_for_file())
         state["seed"] = self.trainer_.config.seed
         state["X"] = torch.as_tensor(self.X_fit_)
+        state.update(self._extra_state())
+        if "init" in self.get_params() and not isinstance(self.init, str):
+            state["init"] = torch.as_tensor(as_data(self.init, "init"))
         save_torch(state, path)
+
+    def _extra_state(self) -> dict:
+        """Fitted attributes of a subclass to keep in a checkpoint (JSON-able values)."""
+        return {}
 
     @classmethod
     def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None = None,
@@ -240,13 +256,25 @@ class _LatentDensity(DensityMixin, BaseEstimator):
                 params[key] = None
         params["hidden"] = tuple(params["hidden"])
         params["random_state"] = int(state["seed"])
+        if params.get("init") == _ARRAY_IN_STATE:
+            params["init"] = state["init"].numpy()
+        saved_steps = params["steps"]
         if steps is not None:
-            params["steps"] = steps
+            params["steps"] = check_positive_int(steps, "steps")
         estimator = cls(**params)
-        X, trainer = estimator._setup(state["X"].numpy())
+        start = time.perf_counter()
+        X = state["X"].numpy()
+        trainer = estimator._setup(X, int(state["seed"]))
+        estimator.setup_seconds_ = time.perf_counter() - start
         trainer.load_state(state)
+        trainer.config.steps += params["steps"] - saved_steps  # a budget minus any pilot steps
+        trainer.fit()
         estimator._finish(X, trainer)
+        estimator._restore(state)
         return estimator
+
+    def _restore(self, state: dict) -> None:
+        """Fitted attributes of a subclass that the checkpoint holds beyond the trainer's."""
 
 
 class MAPADensity(_LatentDensity):
@@ -261,11 +289,18 @@ class MAPADensity(_LatentDensity):
     sigma : float, optional
         Known observation noise (fixed). ``None`` learns ``σ`` and chooses MAPA's bandwidth from
         the data (leave-one-out).
-    steps, batch_size, learning_rate : optimisation (Adam; minibatches of atom indices).
+    steps, batch_size, learning_rate, lr_schedule : optimisation (Adam; minibatches of atom
+        indices; ``lr_schedule`` "constant" or "cosine", annealed to zero over ``steps``).
     n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`.
-    init : {"auto", "seriation", "isomap", "spectral", "random"} or array-like of shape (n_samples, latent_dim)
-        The initial attachment of atoms to indices: a data-only method, or coordinates per
-        training point (e.g. known codes) whose arrangement the atoms take over.
+    init : str or array-like of shape (n_samples, latent_dim), default="auto"
+        The initial attachment of atoms to indices. ``"auto"``: each data-only candidate
+        (1-D: coarse, greedy, fiedler, angle; above: isomap, spectral; see
+        :mod:`mapa_vae.atoms`) trains ``pilot_steps`` steps and the highest bound continues (see
+        :meth:`fit`). A candidate's name uses it alone; ``"seriation"`` takes the least rough
+        1-D candidate without pilots; ``"random"`` is a random attachment. An array gives
+        coordinates per training point (e.g. known codes) whose arrangement the atoms take over.
+    pilot_steps : int, default=200
+        Steps each candidate trains before the bound chooses among them (``init="auto"``).
     project_every, reattach_every : int
         Steps between projections of the relaxed positions and between exact re-attachments
         (0 disables).
@@ -285,35 +320,116 @@ class MAPADensity(_LatentDensity):
     method = "mapa"
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
-                 random_state=None, verbose=False, device="cpu", n_neighbors="auto",
-                 bandwidth=None, init="auto", project_every=50, reattach_every=500):
+                 steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
+                 log_every=100, random_state=None, verbose=False, device="cpu", n_neighbors="auto",
+                 bandwidth=None, init="auto", pilot_steps=200, project_every=50,
+                 reattach_every=500):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.init = init
+        self.pilot_steps = pilot_steps
         self.project_every = project_every
         self.reattach_every = reattach_every
 
-    def _make_objective(self, X, model, seed):
-        for name in ("project_every", "reattach_every"):
+    def fit(self, X, y=None, monitor=None):
+        """Train on ``X`` of shape ``(n_samples, n_features)``; returns ``self``.
+
+        With ``init="auto"`` every data-only candidate attachment
+        (:func:`~mapa_vae.atoms.candidate_attachments`) is trained for ``pilot_steps`` steps from
+        the same start, and the one with the highest MAPA bound over all training points (``N``
+        decoder passes each) continues. The step budget is shared: the winner stops at
+        ``steps − (K − 1) · pilot_steps`` for ``K`` candidates, so the candidates take
+        ``steps`` optimiser steps together, and every pass they spend is counted. Without room
+        for pilots (``pilot_steps=0`` or too few steps), the least rough candidate is used.
+        ``monitor`` is as for the other estimators.
+        """
+        start = time.perf_counter()
+        X = as_data(X, "X", min_samples=2)
+        for name in ("pilot_steps", "project_every", "reattach_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        mapa = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
-                             sigma=self.sigma).fit(X)
-        atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
-        if isinstance(self.init, str):
-            perm = initial_attachment(X, mapa.weights_, atoms, model.prior, self.init, seed)
-        else:  # codes (or any coordinates) per training point, e.g. a known ordering
-            init = as_data(self.init, "init", n_features=model.latent_dim)
+        seed = self._seed()
+        prior = make_prior(self.prior, check_positive_int(self.latent_dim, "latent_dim"))
+        self.mapa_ = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
+                                   sigma=self.sigma).fit(X)
+        self._atoms = stratified_atoms(prior, X.shape[0], random_state=seed)
+        candidates = self._candidates(X, prior, seed)
+        pilot = int(self.pilot_steps)
+        budget = check_positive_int(self.steps, "steps") - (len(candidates) - 1) * pilot
+        if len(candidates) > 1 and (pilot == 0 or budget <= pilot):
+            if prior.latent_dim > 1:
+                candidates = {"isomap": candidates["isomap"]}
+            else:
+                Y = np.asarray(self.mapa_.weights_ @ X)
+                candidates = {"seriation": least_rough(candidates, Y, self._atoms)}
+        self.setup_seconds_ = time.perf_counter() - start
+        self.pilot_bounds_ = {}
+        if len(candidates) == 1:
+            (self.attachment_, self._perm), = candidates.items()
+            trainer = self._setup(X, seed, monitor)
+        else:
+            trainer = self._pilot(X, seed, monitor, candidates, budget)
+        trainer.fit()
+        self._finish(X, trainer)
+        return self
+
+    def _candidates(self, X, prior, seed) -> dict:
+        """The initial attachments to choose from, by name."""
+        weights = self.mapa_.weights_
+        if not isinstance(self.init, str):  # coordinates per training point, e.g. known codes
+            init = as_data(self.init, "init", n_features=prior.latent_dim)
             if init.shape[0] != X.shape[0]:
                 raise ValueError(f"init has {init.shape[0]} rows but X has {X.shape[0]}")
-            perm = transport(init, atoms, model.prior)
-        self.mapa_ = mapa
-        return MAPABound(model, mapa.weights_, X, Attachment(atoms, perm),
+            return {"given": transport(init, self._atoms, prior)}
+        if self.init == "auto":
+            return candidate_attachments(X, weights, self._atoms, prior, seed)
+        return {self.init: initial_attachment(X, weights, self._atoms, prior, self.init, seed)}
+
+    def _pilot(self, X, seed, monitor, candidates: dict, budget: int) -> Trainer:
+        """Train each candidate ``pilot_steps`` steps; return the trainer of the highest bound,
+        charged with the others' steps, passes and time."""
+        trainers, bounds = {}, {}
+        every = torch.arange(X.shape[0], device=self.device)
+        for name, perm in candidates.items():
+            self._perm = perm
+            trainer = trainers[name] = self._setup(X, seed, monitor, steps=budget)
+            trainer.fit(until=self.pilot_steps)
+            start = time.perf_counter()
+            with torch.no_grad():
+                bound = trainer.objective(None, every)  # the exact mean bound: N passes
+            trainer.passes += bound.passes
+            trainer.train_seconds += time.perf_counter() - start
+            bounds[name] = float(bound.value)
+        self.pilot_bounds_ = bounds
+        self.attachment_ = max(bounds, key=bounds.get)
+        best = trainers.pop(self.attachment_)
+        for i, row in enumerate(best.history):  # rows logged during the pilot: all candidates'
+            row["passes"] += sum(t.history[i]["passes"] for t in trainers.values())
+            row["train_seconds"] += sum(t.history[i]["train_seconds"] for t in trainers.values())
+        best.passes += sum(t.passes for t in trainers.values())
+        best.train_seconds += sum(t.train_seconds for t in trainers.values())
+        best.extra_steps = sum(t.step for t in trainers.values())
+        return best
+
+    def _make_objective(self, X, model, seed):
+        perm = getattr(self, "_perm", np.arange(X.shape[0]))  # a checkpoint restores its own
+        if not hasattr(self, "mapa_"):  # rebuilding from a checkpoint
+            self.mapa_ = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
+                                       sigma=self.sigma).fit(X)
+            self._atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
+        return MAPABound(model, self.mapa_.weights_, X, Attachment(self._atoms, perm),
                          project_every=self.project_every, reattach_every=self.reattach_every)
+
+    def _extra_state(self) -> dict:
+        return {"attachment": json.dumps({"name": self.attachment_,
+                                          "pilot_bounds": self.pilot_bounds_})}
+
+    def _restore(self, state: dict) -> None:
+        saved = json.loads(state["attachment"])
+        self.attachment_, self.pilot_bounds_ = saved["name"], saved["pilot_bounds"]
 
     def posterior(self, X) -> DiscretePosterior:
         """MAPA over training indices for each row of ``X`` and the attached codes."""
@@ -345,10 +461,11 @@ class VAEDensity(_EncoderDensity):
     method = "vae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
+                 lr_schedule="constant", log_every=100,
                  random_state=None, verbose=False, device="cpu"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.encoder = encoder
 
     def _make_objective(self, X, model, seed):
@@ -361,10 +478,11 @@ class IWAEDensity(_EncoderDensity):
     method = "iwae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
+                 lr_schedule="constant", log_every=100,
                  random_state=None, verbose=False, device="cpu", n_samples=10):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.encoder = encoder
         self.n_samples = n_samples
 
@@ -378,10 +496,11 @@ class LaggingVAEDensity(_EncoderDensity):
     method = "lagging"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
+                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
+                 lr_schedule="constant", log_every=100,
                  random_state=None, verbose=False, device="cpu", max_inner=100, check_every=10):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.encoder = encoder
         self.max_inner = max_inner
         self.check_every = check_every
@@ -400,10 +519,10 @@ class PriorISDensity(_LatentDensity):
     method = "prior-is"
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=3000, batch_size=100, learning_rate=1e-3, log_every=100,
-                 random_state=None, verbose=False, device="cpu", n_samples=100):
+                 steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
+                 log_every=100, random_state=None, verbose=False, device="cpu", n_samples=100):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.n_samples = n_samples
 
     def _make_objective(self, X, model, seed):

@@ -8,6 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
@@ -17,6 +20,7 @@ def atomic_write(path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would have made it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -24,10 +28,14 @@ def atomic_write(path, write) -> Path:
     return path
 
 
+def write_text(path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def write_json(path, obj) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def save_figure(fig, path) -> Path:
@@ -45,4 +53,4 @@ def write_csv(path, rows: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    return write_text(path, buffer.getvalue())

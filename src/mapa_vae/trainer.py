@@ -1,6 +1,7 @@
 """One training loop for every objective: Adam, minibatches, pass counting, history, checkpoints.
 
-Each step: ``objective.before_step`` (extra work, e.g. an inner encoder loop), a minibatch
+Each step: the learning rate of the schedule is set, ``objective.before_step`` (extra work, e.g.
+an inner encoder loop, with the same learning rate), a minibatch
 estimate of the bound, one Adam step on the generative parameters (and on the encoder when the
 objective says so), then ``objective.after_step`` (e.g. projection or re-attachment). Every
 network pass these spend is added to the cumulative count in the loop itself.
@@ -24,6 +25,7 @@ from .files import atomic_write
 from .objectives import Objective
 
 CHECKPOINT_FORMAT = "mapa-vae-checkpoint/1"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,6 +39,7 @@ class TrainingConfig:
     steps: int = 3000
     batch_size: int = 100
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     seed: int = 0
     log_every: int = 100
 
@@ -48,7 +51,17 @@ class TrainingConfig:
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
                 and self.learning_rate > 0):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
+                             f"{list(LR_SCHEDULES)}")
         return self
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): constant, or cosine-annealed from
+        ``learning_rate`` towards zero, ``η_t = η (1 + cos(π t / T)) / 2``."""
+        if self.lr_schedule == "cosine":
+            return self.learning_rate * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+        return self.learning_rate
 
 
 class Trainer:
@@ -78,6 +91,7 @@ class Trainer:
         self.inference_optimizer = (torch.optim.Adam(inference, lr=config.learning_rate)
                                     if inference else None)
         self.step = 0
+        self.extra_steps = 0  # optimiser steps spent elsewhere on this run (e.g. pilot runs)
         self.passes = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
@@ -97,24 +111,26 @@ class Trainer:
         self._cursor += self.batch_size
         return self.X[idx], idx
 
-    def fit(self) -> list[dict]:
-        """Train up to ``config.steps`` steps (continuing from a loaded checkpoint)."""
+    def fit(self, until: int | None = None) -> list[dict]:
+        """Train up to step ``until`` (default ``config.steps``; the learning-rate schedule always
+        spans ``config.steps``), continuing from where the last call or a checkpoint stopped."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if self._rng_state is None:
                 torch.manual_seed(self.config.seed)
             else:
                 torch.set_rng_state(self._rng_state)
-            self._loop()
+            self._loop(self.config.steps if until is None else min(until, self.config.steps))
             self._rng_state = torch.get_rng_state()
         return self.history
 
-    def _loop(self) -> None:
+    def _loop(self, until: int) -> None:
         objective = self.objective
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"{objective.name}", unit="step", dynamic_ncols=True, leave=False)
         try:
-            while self.step < self.config.steps:
+            while self.step < until:
                 start = time.perf_counter()
+                self._set_learning_rate()
                 step_passes = objective.before_step(self)
                 x, idx = self.next_batch()
                 estimate = objective(x, idx)
@@ -143,6 +159,13 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
+
+    def _set_learning_rate(self) -> None:
+        lr = self.config.learning_rate_at(self.step)
+        for optimizer in (self.generative_optimizer, self.inference_optimizer):
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
 
     def _check_gradients(self) -> None:
         for group in self.generative_optimizer.param_groups:
@@ -176,7 +199,8 @@ class Trainer:
             "generative_optimizer": self.generative_optimizer.state_dict(),
             "inference_optimizer": (self.inference_optimizer.state_dict()
                                     if self.inference_optimizer is not None else {}),
-            "step": self.step, "passes": self.passes, "train_seconds": self.train_seconds,
+            "step": self.step, "extra_steps": self.extra_steps, "passes": self.passes,
+            "train_seconds": self.train_seconds,
             "history": json.dumps(self.history),
             "rng": self._rng_state if self._rng_state is not None else torch.get_rng_state(),
             "order": self._order, "cursor": self._cursor,
@@ -191,6 +215,8 @@ class Trainer:
         if self.inference_optimizer is not None:
             self.inference_optimizer.load_state_dict(state["inference_optimizer"])
         self.step, self.passes = int(state["step"]), int(state["passes"])
+        self.extra_steps = int(state["extra_steps"])
+        self.config = TrainingConfig(**json.loads(state["training_config"])).validate()
         self.train_seconds = float(state["train_seconds"])
         self.history = json.loads(state["history"])
         self._rng_state = state["rng"]
