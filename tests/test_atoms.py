@@ -204,3 +204,12 @@ def test_initial_attachment_errors():
     with pytest.raises(ValueError, match="unknown attachment method 'bogus'"):
         initial_attachment(X, W, stratified_atoms(StandardNormal(1), 20), StandardNormal(1),
                            "bogus")
+
+
+def test_equivalent_candidates_are_proposed_once():
+    """On 1-D data every candidate sorts the points (up to a reversal): one is enough."""
+    truth = datasets.get("quadratic")
+    X, _ = truth.sample(300, seed=0)
+    W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
+    perms = candidate_attachments(X, W, stratified_atoms(truth.prior, 300), truth.prior, 0)
+    assert list(perms) == ["coarse"]

@@ -7,6 +7,7 @@ import pytest
 from mapa_vae.bench import (METHODS, QUICK, BenchConfig, parse_method, run_bench, run_dir,
                             summarize, targets)
 from mapa_vae.cli import main
+from mapa_vae.experiment import LEARNING_RATES
 
 TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "seeds": 2,
         "steps": 20, "n_train": 60, "n_test": 50, "eval_every": 10, "n_eval": 20, "jobs": 2}
@@ -31,9 +32,12 @@ def test_bad_method_labels(label, message):
 def test_every_run_shares_the_protocol():
     runs = BenchConfig(datasets=["circle", "spiral"], methods=METHODS, seeds=3).runs()
     assert len(runs) == 2 * len(METHODS) * 3
-    shared = {(r.steps, r.batch_size, r.learning_rate, r.n_train, tuple(r.hidden), r.learn_sigma)
+    shared = {(r.steps, r.batch_size, r.lr_schedule, r.n_train, tuple(r.hidden), r.learn_sigma)
               for r in runs}
-    assert shared == {(3000, 100, 1e-3, 1000, (64, 64), False)}
+    assert shared == {(3000, 100, "cosine", 1000, (64, 64), False)}
+    assert all(r.learning_rate == LEARNING_RATES[r.method] for r in runs)
+    fixed = BenchConfig(datasets=["circle"], methods=["mapa", "vae"], learning_rate=0.002)
+    assert {r.learning_rate for r in fixed.runs()} == {0.002}
     assert {r.label for r in runs} == set(METHODS)
     with pytest.raises(ValueError, match="unknown dataset"):
         BenchConfig(datasets=["nope"]).runs()

@@ -29,7 +29,7 @@ def test_the_protocol_is_shared_across_methods():
     mapa = build_estimator(RunConfig(dataset="quadratic", method="mapa", **TINY), truth)
     iwae = build_estimator(RunConfig(dataset="quadratic", method="iwae", samples=5, **TINY),
                            truth)
-    shared = ("sigma", "latent_dim", "prior", "hidden", "steps", "batch_size", "learning_rate",
+    shared = ("sigma", "latent_dim", "prior", "hidden", "steps", "batch_size", "lr_schedule",
               "random_state")
     assert all(mapa.get_params()[k] == iwae.get_params()[k] for k in shared)
     assert mapa.sigma == truth.sigma and iwae.n_samples == 5

@@ -253,15 +253,26 @@ def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, 
 
 def candidate_attachments(X: np.ndarray, weights: sparse.spmatrix, atoms: np.ndarray,
                           prior: Prior, random_state=None) -> dict[str, np.ndarray]:
-    """Every data-only attachment proposed for the latent dimension of ``atoms``, by name."""
+    """Every data-only attachment proposed for the latent dimension of ``atoms``, by name.
+
+    In 1-D, a candidate that orders the points as an earlier one does, or in reverse (the same
+    model up to the prior's symmetry), is left out: |rank correlation| ≥ 0.999.
+    """
     d = atoms.shape[1]
     names = CANDIDATES[1] if d == 1 else CANDIDATES[2]
     if X.shape[0] < 4:
         names = ("greedy",) if d == 1 else ("random",)  # the spectral methods need more points
     if names == ("random",):
         return {"random": initial_attachment(X, weights, atoms, prior, "random", random_state)}
-    return {name: transport(candidate_coordinates(name, X, weights, d, random_state), atoms,
-                            prior) for name in names}
+    atom_rank = np.argsort(np.argsort(atoms[:, 0], kind="stable"), kind="stable")
+    perms: dict[str, np.ndarray] = {}
+    for name in names:
+        perm = transport(candidate_coordinates(name, X, weights, d, random_state), atoms, prior)
+        if d == 1 and any(abs(np.corrcoef(atom_rank[perm], atom_rank[other])[0, 1]) >= 0.999
+                          for other in perms.values()):
+            continue
+        perms[name] = perm
+    return perms
 
 
 def least_rough(perms: dict, Y: np.ndarray, atoms: np.ndarray) -> np.ndarray:

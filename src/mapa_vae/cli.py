@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 100)")
     p.add_argument("--steps", type=_positive_int, default=3000)
     p.add_argument("--batch-size", type=_positive_int, default=100)
-    p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's peak learning rate (default: the method's protocol rate)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
     p.add_argument("--learn-sigma", action="store_true",
                    help="learn the noise sigma (default: fixed at the ground truth's)")
     p.add_argument("--init", default="auto", choices=ATTACHMENTS,
@@ -215,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds run from this one up (default 0); other seeds, other data")
     p.add_argument("--steps", type=_positive_int, default=None, help="default 3000")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="default 100")
-    p.add_argument("--learning-rate", type=float, default=None, help="default 0.001 (Adam)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam's peak learning rate for every method (default: each method's "
+                        "protocol rate)")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
-                   help="default constant")
+                   help="default cosine")
     p.add_argument("--n-train", type=_positive_int, default=None, help="default 1000")
     p.add_argument("--n-test", type=_positive_int, default=None, help="default 5000")
     p.add_argument("--eval-every", type=int, default=None,

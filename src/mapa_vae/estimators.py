@@ -291,7 +291,8 @@ class MAPADensity(_LatentDensity):
         the data (leave-one-out).
     steps, batch_size, learning_rate, lr_schedule : optimisation (Adam; minibatches of atom
         indices; ``lr_schedule`` "constant" or "cosine", annealed to zero over ``steps``).
-    n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`.
+    n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
+        kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given).
     init : str or array-like of shape (n_samples, latent_dim), default="auto"
         The initial attachment of atoms to indices. ``"auto"``: each data-only candidate
         (1-D: coarse, greedy, fiedler, angle; above: isomap, spectral; see
@@ -353,8 +354,7 @@ class MAPADensity(_LatentDensity):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         seed = self._seed()
         prior = make_prior(self.prior, check_positive_int(self.latent_dim, "latent_dim"))
-        self.mapa_ = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
-                                   sigma=self.sigma).fit(X)
+        self.mapa_ = self._mapa().fit(X)
         self._atoms = stratified_atoms(prior, X.shape[0], random_state=seed)
         candidates = self._candidates(X, prior, seed)
         pilot = int(self.pilot_steps)
@@ -375,6 +375,12 @@ class MAPADensity(_LatentDensity):
         trainer.fit()
         self._finish(X, trainer)
         return self
+
+    def _mapa(self) -> MAPAPosterior:
+        """MAPA's weights: ``h = bandwidth`` if given, else ``√2 σ`` for a known ``σ``, else
+        chosen from the data (leave-one-out)."""
+        sigma = self.sigma if self.bandwidth is None else None
+        return MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth, sigma=sigma)
 
     def _candidates(self, X, prior, seed) -> dict:
         """The initial attachments to choose from, by name."""
@@ -417,8 +423,7 @@ class MAPADensity(_LatentDensity):
     def _make_objective(self, X, model, seed):
         perm = getattr(self, "_perm", np.arange(X.shape[0]))  # a checkpoint restores its own
         if not hasattr(self, "mapa_"):  # rebuilding from a checkpoint
-            self.mapa_ = MAPAPosterior(n_neighbors=self.n_neighbors, bandwidth=self.bandwidth,
-                                       sigma=self.sigma).fit(X)
+            self.mapa_ = self._mapa().fit(X)
             self._atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
         return MAPABound(model, self.mapa_.weights_, X, Attachment(self._atoms, perm),
                          project_every=self.project_every, reattach_every=self.reattach_every)
