@@ -4,27 +4,29 @@ The atoms are a fixed stratified sample of the prior, so the empiricalized model
 stay a faithful sample of ``p(z)``; what is learned is *which atom sits at which index*, a
 permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on it:
 
-1. **Initial attachment, from data only**, on the MAPA-smoothed data ``Y = W X``.
-   ``d_z = 1``: *seriation*. Three orderings are proposed, a greedy nearest-neighbour tour cut at
-   its longest edge (k-d tree, ``O(N k log N)`` typically), the order of the first non-trivial
-   Laplacian eigenvector of the symmetrised MAPA graph (right for open curves), and the angle
-   of the first two (right for loops, cut at the longest edge); the least rough one wins (the
-   smallest mean squared distance of ``Y`` from its running mean along the order, ``O(N)``),
-   and its ranks are matched to the sorted atoms. ``d_z ≥ 2``: an Isomap
-   embedding of ``Y`` (geodesic distances on a 10-neighbour graph; it unrolls elongated sheets,
-   where the second Laplacian eigenvector is a harmonic of the long axis) or a spectral embedding
-   of the MAPA graph, each coordinate mapped through its empirical CDF and the prior's inverse
-   CDF, then transported onto the atoms by linear assignment (``O(N³)``).
+1. **Initial attachment, from data only**, on the MAPA-smoothed data ``Y = W X`` or the MAPA
+   graph ``W`` (:func:`candidate_attachments`). ``d_z = 1``, an order along the data:
+   ``coarse`` (:func:`coarse_tour`: a short path through 48 k-means centres, ``O(N K)``), the
+   Fiedler order of ``W`` (open curves) and the angle of its first two Laplacian eigenvectors
+   (loops), matched by rank to the sorted atoms. ``d_z ≥ 2``: Isomap coordinates of ``Y``
+   (unrolls sheets) and a spectral embedding of ``W``, each coordinate through its empirical CDF
+   and the prior's inverse CDF, then :func:`match`-ed to the atoms. The estimator chooses among
+   the candidates by the bound after short pilot runs (:class:`~mapa_vae.MAPADensity`), or by
+   :func:`roughness` without them.
 2. **Relaxed positions.** Each index has a continuous position ``p_n``; the decoder always sees
    the attached atom, and the bound's gradient with respect to that code is passed straight
-   through to ``p_n``. Every ``project_every`` steps the positions are projected onto the nearest
-   permutation of the atoms (1-D: sort, ``O(N log N)``; d-D: linear assignment, ``O(N³)``) and
-   reset to their atoms. Atoms never move, so their multiset is invariant.
-3. **Re-attachment**, an exact coordinate-ascent step of the MAPA bound over ``π``: decode every
-   atom once (``N`` network passes), then solve the linear assignment with cost
+   through to ``p_n``. Every ``project_every`` steps the positions are projected onto a
+   permutation of the atoms (1-D: a sort, ``O(N log N)``; d-D: :func:`match`) and reset to their
+   atoms. Atoms never move, so their multiset is invariant.
+3. **Re-attachment**, a coordinate-ascent step of the MAPA bound over ``π``: decode every atom
+   once (``N`` network passes), then find the assignment of least cost
    ``C[n, m] = m_n ‖x̄_n − f(a_m)‖²`` (``m_n = Σ_i W_in``, ``x̄_n = Σ_i W_in x_i / m_n``), the part
-   of ``−L`` that depends on which atom sits at ``n`` (``O(N³)``: meant for ``N`` up to a few
-   thousand).
+   of ``−L`` that depends on which atom sits at ``n``: exact over all permutations up to 2048
+   points (``O(N³)``), and beyond over sparse candidates, each index's current atom and the
+   atoms decoded nearest to ``x̄_n`` (:meth:`Attachment.reattach`).
+
+:func:`match` is exact linear assignment up to 2048 points and recursive bisection with exact
+leaves beyond (``O(N log² N)``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import torch
 from scipy import sparse
 from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 from scipy.stats import qmc, rankdata
@@ -194,12 +197,45 @@ def spectral_coordinates(weights: sparse.spmatrix, n_components: int,
     return embedding.fit_transform(affinity)
 
 
+#: Up to this many points, matching is exact (linear assignment, ``O(N³)``); beyond, bisection.
+EXACT_MATCH_MAX = 2048
+_LEAF = 256  # bisection stops at blocks of at most this many points, matched exactly
+
+
+def match(points: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """A one-to-one matching of the rows of ``points`` to the rows of ``atoms`` (same shape) with
+    a small total squared distance: ``perm`` with ``points[n]`` matched to ``atoms[perm[n]]``.
+
+    Exact (SciPy's linear assignment) up to :data:`EXACT_MATCH_MAX` rows. Beyond, recursive
+    bisection: both sets are split at the same rank along the coordinate where the points spread
+    most, the halves are matched recursively, and blocks of at most 256 are matched exactly;
+    ``O(N log² N)``, a transport that keeps each half's points with the same half's atoms.
+    """
+    n = points.shape[0]
+    if n <= EXACT_MATCH_MAX:
+        return linear_sum_assignment(cdist(points, atoms, "sqeuclidean"))[1].astype(np.int64)
+    perm = np.empty(n, dtype=np.int64)
+    stack = [(np.arange(n), np.arange(n))]
+    while stack:
+        ip, ia = stack.pop()
+        if len(ip) <= _LEAF:
+            cols = linear_sum_assignment(cdist(points[ip], atoms[ia], "sqeuclidean"))[1]
+            perm[ip] = ia[cols]
+            continue
+        axis = int(np.argmax(np.ptp(points[ip], axis=0)))
+        ip = ip[np.argsort(points[ip, axis], kind="stable")]
+        ia = ia[np.argsort(atoms[ia, axis], kind="stable")]
+        half = len(ip) // 2
+        stack += [(ip[:half], ia[:half]), (ip[half:], ia[half:])]
+    return perm
+
+
 def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray:
     """Attach each row of ``points`` to a distinct atom, keeping their arrangement: returns
     ``perm`` with row ``n`` attached to ``atoms[perm[n]]``.
 
     1-D: rank matching. d-D: each coordinate through its empirical CDF and the prior's inverse
-    CDF, then the linear assignment minimising the total squared distance to the atoms.
+    CDF, then :func:`match` to the atoms.
     """
     n = points.shape[0]
     if atoms.shape[1] == 1:
@@ -208,8 +244,7 @@ def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray
         return perm
     u = (rankdata(points, axis=0) - 0.5) / n
     mapped = prior.icdf(torch.from_numpy(u)).numpy()
-    _, perm = linear_sum_assignment(cdist(mapped, atoms, "sqeuclidean"))
-    return perm.astype(np.int64)
+    return match(mapped, atoms)
 
 
 #: The data-only attachments proposed for each latent dimension (1, or 2 and above).
@@ -348,12 +383,18 @@ class Attachment(nn.Module):
             order = np.lexsort((self.perm.cpu().numpy(), positions[:, 0]))  # ties keep the old
             perm[order] = np.argsort(atoms[:, 0], kind="stable")
         else:
-            _, perm = linear_sum_assignment(cdist(positions, atoms, "sqeuclidean"))
+            perm = match(positions, atoms)
         return self._set(perm)
 
     @torch.no_grad()
-    def reattach(self, cost: np.ndarray) -> int:
-        """Exact assignment of atoms to indices for ``cost[n, m]`` (index ``n`` takes atom ``m``);
-        returns how many indices changed atom."""
-        _, perm = linear_sum_assignment(cost)
+    def reattach(self, cost: np.ndarray | sparse.spmatrix) -> int:
+        """The assignment of atoms to indices of least total ``cost[n, m]`` (index ``n`` takes
+        atom ``m``): over all permutations for a dense array, over the stored entries for a
+        sparse one (which must allow the current attachment). Returns how many indices changed."""
+        if sparse.issparse(cost):
+            cost = sparse.csr_matrix(cost)
+            cost.data = cost.data - cost.data.min() + 1.0  # positive; the same shift per match
+            perm = min_weight_full_bipartite_matching(cost)[1]
+        else:
+            perm = linear_sum_assignment(cost)[1]
         return self._set(perm)

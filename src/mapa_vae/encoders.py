@@ -36,9 +36,11 @@ class AmortizedPosterior(nn.Module):
                              f"= {2 * d}")
         return out[..., :d], F.softplus(out[..., d:]) + _MIN_SCALE
 
-    def rsample(self, loc: torch.Tensor, scale: torch.Tensor, n_samples: int = 1):
+    def rsample(self, loc: torch.Tensor, scale: torch.Tensor, n_samples: int = 1,
+                generator: torch.Generator | None = None):
         """Reparameterised draws ``z`` of shape ``(S, B, d)`` and ``log q(z | x)`` of ``(S, B)``."""
-        eps = torch.randn((n_samples,) + loc.shape, dtype=loc.dtype, device=loc.device)
+        eps = torch.randn((n_samples,) + loc.shape, dtype=loc.dtype, device=loc.device,
+                          generator=generator)
         u = loc + scale * eps
         log_q = (-0.5 * eps**2 - torch.log(scale) - _LOG_SQRT_2PI).sum(-1)
         if self.gaussian:

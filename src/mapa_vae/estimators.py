@@ -15,23 +15,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import sparse
-from sklearn.base import BaseEstimator, DensityMixin
+from scipy.spatial import KDTree
+from sklearn.base import BaseEstimator, DensityMixin, clone
+from sklearn.decomposition import PCA
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from .atoms import (Attachment, candidate_attachments, initial_attachment, least_rough,
                     stratified_atoms, transport)
 from .encoders import AmortizedPosterior
+from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
 from .model import GenerativeModel
-from .networks import mlp
+from .networks import float64_decoder, mlp
 from .objectives import ELBO, IWAEBound, LaggingELBO, MAPABound, PriorProposalBound
 from .priors import Prior, make_prior
 from .trainer import Trainer, TrainingConfig, load_torch, save_torch
 from .validation import as_data, check_positive_int
 
-_MODULE_PARAMS = ("decoder", "encoder")
+_MODULE_PARAMS = ("decoder", "encoder", "features")  # objects a checkpoint cannot hold
 _ARRAY_IN_STATE = "<array kept in the checkpoint>"
 
 
@@ -176,10 +179,36 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         self.passes_per_step_ = trainer.passes / max(self.optimizer_steps_, 1)
 
     def score_samples(self, X) -> np.ndarray:
-        """``log p_θ(x)`` per row, shape ``(n_samples,)`` (quadrature; latent_dim ≤ 2)."""
+        """``log p_θ(x)`` per row, shape ``(n_samples,)``: quadrature for latent dimension 1 or
+        2; above, :meth:`log_likelihood` with its defaults (1000 importance samples from the
+        method's own proposal, seeded)."""
         check_is_fitted(self, "model_")
         X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
-        return self.model_.log_prob(X)
+        if self.model_.latent_dim <= 2:
+            return self.model_.log_prob(X)
+        return self.log_likelihood(X).log_prob
+
+    def log_likelihood(self, X, n_samples: int = 1000, proposal: str = "model",
+                       random_state=0) -> ImportanceEstimate:
+        """``log p_θ(x)`` per row by importance sampling, with standard errors.
+
+        ``proposal``: ``"model"`` is the method's own, with a 10% defensive share of the prior
+        (the encoder's ``q(z | x)`` for the VAE family, MAPA's mixture for MAPA; the prior alone
+        for the prior-proposal ablation); ``"prior"`` is ``p(z)`` for every method.
+        """
+        check_is_fitted(self, "model_")
+        X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
+        if proposal not in ("model", "prior"):
+            raise ValueError(f"proposal must be 'model' or 'prior', got {proposal!r}")
+        draw = self._proposal() if proposal == "model" else prior_proposal(self.model_.prior)
+        model = self.model_
+        return importance_log_marginal(float64_decoder(model.decoder), model.prior,
+                                       float(model.likelihood.sigma.detach()), X, draw,
+                                       n_samples, random_state)
+
+    def _proposal(self):
+        """The method's importance proposal (see :meth:`log_likelihood`): here the prior."""
+        return prior_proposal(self.model_.prior)
 
     def score(self, X, y=None) -> float:
         """Total ``log p_θ(x)`` over the rows of ``X``."""
@@ -208,8 +237,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def _params_for_file(self) -> dict:
         params = self.get_params(deep=False)
         for name in _MODULE_PARAMS:
-            if name in params:
-                params[name] = None if params[name] is None else "custom"
+            if name in params and not isinstance(params[name], (int, type(None))):
+                params[name] = "custom"
         params["hidden"] = list(params["hidden"])
         if isinstance(params["prior"], Prior):
             params["prior"] = params["prior"].name
@@ -238,22 +267,21 @@ class _LatentDensity(DensityMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None = None,
-             steps: int | None = None):
-        """Rebuild a fitted estimator from :meth:`save`. Custom networks are passed again (their
-        weights come from the file). ``steps`` above the saved count resumes training."""
+             steps: int | None = None, features=None):
+        """Rebuild a fitted estimator from :meth:`save`. Custom networks (and a custom
+        ``features`` transformer) are passed again; their weights come from the file. ``steps``
+        above the saved count resumes training."""
         state = load_torch(path)
         name = state.get("estimator")
         if name != cls.__name__:
             raise ValueError(f"{str(path)!r} holds a {name} checkpoint, not {cls.__name__}")
         params = json.loads(state["params"])
-        for key, module in (("decoder", decoder), ("encoder", encoder)):
+        for key, module in (("decoder", decoder), ("encoder", encoder), ("features", features)):
             if params.get(key) == "custom":
                 if module is None:
                     raise ValueError(f"this checkpoint used a custom {key}; pass {key}= "
                                      f"with the same architecture to load it")
                 params[key] = module
-            elif key in params:
-                params[key] = None
         params["hidden"] = tuple(params["hidden"])
         params["random_state"] = int(state["seed"])
         if params.get("init") == _ARRAY_IN_STATE:
@@ -293,6 +321,10 @@ class MAPADensity(_LatentDensity):
         indices; ``lr_schedule`` "constant" or "cosine", annealed to zero over ``steps``).
     n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
         kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given).
+    features : None, int or scikit-learn transformer, default=None
+        The data-only representation MAPA is computed in (its weights and the candidate
+        attachments); the decoder still models the data. An int ``K``: PCA to ``K`` whitened
+        components (for high-dimensional data, where Euclidean kernels lose contrast).
     init : str or array-like of shape (n_samples, latent_dim), default="auto"
         The initial attachment of atoms to indices. ``"auto"``: each data-only candidate
         (1-D: coarse, greedy, fiedler, angle; above: isomap, spectral; see
@@ -323,12 +355,13 @@ class MAPADensity(_LatentDensity):
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
                  log_every=100, random_state=None, verbose=False, device="cpu", n_neighbors="auto",
-                 bandwidth=None, init="auto", pilot_steps=200, project_every=50,
+                 bandwidth=None, features=None, init="auto", pilot_steps=200, project_every=50,
                  reattach_every=500):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device)
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
+        self.features = features
         self.init = init
         self.pilot_steps = pilot_steps
         self.project_every = project_every
@@ -354,16 +387,17 @@ class MAPADensity(_LatentDensity):
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         seed = self._seed()
         prior = make_prior(self.prior, check_positive_int(self.latent_dim, "latent_dim"))
-        self.mapa_ = self._mapa().fit(X)
+        F = self._representation(X, seed)
+        self.mapa_ = self._mapa().fit(F)
         self._atoms = stratified_atoms(prior, X.shape[0], random_state=seed)
-        candidates = self._candidates(X, prior, seed)
+        candidates = self._candidates(F, prior, seed)
         pilot = int(self.pilot_steps)
         budget = check_positive_int(self.steps, "steps") - (len(candidates) - 1) * pilot
         if len(candidates) > 1 and (pilot == 0 or budget <= pilot):
             if prior.latent_dim > 1:
                 candidates = {"isomap": candidates["isomap"]}
             else:
-                Y = np.asarray(self.mapa_.weights_ @ X)
+                Y = np.asarray(self.mapa_.weights_ @ F)
                 candidates = {"seriation": least_rough(candidates, Y, self._atoms)}
         self.setup_seconds_ = time.perf_counter() - start
         self.pilot_bounds_ = {}
@@ -375,6 +409,25 @@ class MAPADensity(_LatentDensity):
         trainer.fit()
         self._finish(X, trainer)
         return self
+
+    def _representation(self, X, seed) -> np.ndarray:
+        """The data as MAPA sees them: ``X``, or its ``features`` (fitted here, kept as
+        ``features_``): an int ``K`` is PCA to ``K`` whitened components, else a transformer."""
+        if self.features is None:
+            self.features_ = None
+            return X
+        if isinstance(self.features, (int, np.integer)) and not isinstance(self.features, bool):
+            k = check_positive_int(self.features, "features")
+            if k > min(X.shape):
+                raise ValueError(f"features={k} asks for more principal components than the data "
+                                 f"have ({min(X.shape)})")
+            self.features_ = PCA(n_components=k, whiten=True, random_state=seed)
+        elif hasattr(self.features, "fit_transform") and hasattr(self.features, "transform"):
+            self.features_ = clone(self.features)
+        else:
+            raise ValueError(f"features must be None, a number of principal components or a "
+                             f"scikit-learn transformer, got {self.features!r}")
+        return as_data(self.features_.fit_transform(X), "features(X)", min_samples=2)
 
     def _mapa(self) -> MAPAPosterior:
         """MAPA's weights: ``h = bandwidth`` if given, else ``√2 σ`` for a known ``σ``, else
@@ -423,7 +476,7 @@ class MAPADensity(_LatentDensity):
     def _make_objective(self, X, model, seed):
         perm = getattr(self, "_perm", np.arange(X.shape[0]))  # a checkpoint restores its own
         if not hasattr(self, "mapa_"):  # rebuilding from a checkpoint
-            self.mapa_ = self._mapa().fit(X)
+            self.mapa_ = self._mapa().fit(self._representation(X, seed))
             self._atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
         return MAPABound(model, self.mapa_.weights_, X, Attachment(self._atoms, perm),
                          project_every=self.project_every, reattach_every=self.reattach_every)
@@ -440,7 +493,40 @@ class MAPADensity(_LatentDensity):
         """MAPA over training indices for each row of ``X`` and the attached codes."""
         check_is_fitted(self, "model_")
         codes = self.objective_.attachment.attached().double().cpu().numpy()
-        return DiscretePosterior(self.mapa_.query(X), codes)
+        X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
+        F = X if self.features_ is None else self.features_.transform(X)
+        return DiscretePosterior(self.mapa_.query(F), codes)
+
+    def _proposal(self, components: int = 64, defensive: float = 0.1):
+        """MAPA's mixture: ``q(z | x) = 0.9 Σ_j w̃_j N(z; z_j, s² I) + 0.1 p(z)`` over the
+        ``components`` largest MAPA weights of ``x`` (renormalised to ``w̃``) and the atoms ``z_j``
+        attached to them; ``s`` is the median distance from an atom to its nearest other atom."""
+        codes = torch.as_tensor(self.objective_.attachment.attached().double().cpu().numpy())
+        prior = self.model_.prior
+        s = float(np.median(KDTree(codes.numpy()).query(codes.numpy(), k=2)[0][:, 1]))
+        log_norm = -codes.shape[1] * (math.log(s) + 0.5 * math.log(2 * math.pi))
+
+        def draw(x, k, generator):
+            W = self.posterior(x.numpy()).weights.toarray()
+            m = min(components, W.shape[1])
+            top = np.argsort(-W, axis=1)[:, :m]
+            w = torch.as_tensor(np.take_along_axis(W, top, 1))
+            w = w / w.sum(1, keepdim=True)
+            centres = codes[torch.as_tensor(top)]  # (n, m, d)
+            pick = torch.multinomial(w, k, replacement=True, generator=generator).T  # (k, n)
+            rows = torch.arange(x.shape[0])
+            z = centres[rows, pick] + s * torch.randn(pick.shape + (codes.shape[1],),
+                                                      dtype=torch.float64, generator=generator)
+            from_prior = torch.rand(pick.shape, generator=generator) < defensive
+            z_prior, _ = prior_proposal(prior)(x, k, generator)
+            z = torch.where(from_prior[..., None], z_prior, z)
+            sq = (z[:, :, None, :] - centres[None]).square().sum(-1)  # (k, n, m)
+            log_mix = torch.logsumexp(torch.log(w)[None] - 0.5 * sq / s**2, dim=-1) + log_norm
+            log_q = torch.logaddexp(math.log(1 - defensive) + log_mix,
+                                    math.log(defensive) + prior.log_prob(z))
+            return z, log_q
+
+        return draw
 
     def bound_per_point(self) -> dict:
         """Exact ``L_i``, ``log p̂(x_i)`` and gap ``KL(W_i ‖ p̂(· | x_i))`` on the training data."""
@@ -449,6 +535,24 @@ class MAPADensity(_LatentDensity):
 
 
 class _EncoderDensity(_LatentDensity):
+    def _proposal(self, defensive: float = 0.1):
+        """The encoder's ``q(z | x)`` with a defensive share of the prior,
+        ``0.9 q(z | x) + 0.1 p(z)`` (bounded weights where the encoder is too narrow); float64."""
+        encoder, prior = self.objective_.encoder, self.model_.prior
+
+        def draw(x, k, generator):
+            loc, scale = encoder(x.to(torch.float32).to(self.device))
+            loc, scale = loc.double().cpu(), scale.double().cpu()
+            z, _ = encoder.rsample(loc, scale, k, generator)
+            z_prior, _ = prior_proposal(prior)(x, k, generator)
+            from_prior = torch.rand(z.shape[:2], generator=generator) < defensive
+            z = torch.where(from_prior[..., None], z_prior, z)
+            log_q = torch.logaddexp(math.log(1 - defensive) + encoder.log_prob(z, loc, scale),
+                                    math.log(defensive) + prior.log_prob(z))
+            return z, log_q
+
+        return draw
+
     def posterior(self, X) -> GaussianPosterior:
         """The encoder's ``q(z | x)`` for each row of ``X``."""
         check_is_fitted(self, "model_")

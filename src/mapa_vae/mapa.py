@@ -35,9 +35,9 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
-from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 
+from .neighbours import ALGORITHMS, NeighbourIndex
 from .validation import as_data, check_positive_int
 
 _MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
@@ -96,6 +96,9 @@ class MAPAPosterior:
         Kernel scale ``h``. Give at most one of ``bandwidth`` and ``sigma``.
     sigma : float, optional
         Known observation noise; sets ``h = √2 σ``.
+    algorithm : {"auto", "kd_tree", "brute", "hnsw"}, default="auto"
+        Neighbour search for the sparse form (:mod:`mapa_vae.neighbours`): ``"auto"`` is exact
+        (k-d tree up to 16 dimensions, brute force above); ``"hnsw"`` is approximate (FAISS).
     n_jobs : int, default=-1
         Threads for the neighbour search (``-1``: all cores).
 
@@ -108,7 +111,9 @@ class MAPAPosterior:
     bandwidth_rule_ : {"bandwidth", "sigma", "loo"}
         Where ``bandwidth_`` came from.
     neighbors_ : ndarray of shape (n_samples, k)
-        Column indices kept per row, nearest first.
+        Column indices kept per row, nearest first (int32 below 2³¹ samples).
+    algorithm_ : str
+        The neighbour search used (``"dense"`` when every point is kept).
     truncation_bound_ : ndarray of shape (n_samples,)
         Upper bound on the weight each row lost to neighbour truncation (zero when dense).
 
@@ -123,15 +128,16 @@ class MAPAPosterior:
     """
 
     def __init__(self, n_neighbors: int | str | None = "auto", bandwidth: float | None = None,
-                 sigma: float | None = None, n_jobs: int = -1):
+                 sigma: float | None = None, algorithm: str = "auto", n_jobs: int = -1):
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.sigma = sigma
+        self.algorithm = algorithm
         self.n_jobs = n_jobs
 
     def __repr__(self) -> str:
         return (f"MAPAPosterior(n_neighbors={self.n_neighbors}, bandwidth={self.bandwidth}, "
-                f"sigma={self.sigma})")
+                f"sigma={self.sigma}, algorithm={self.algorithm!r})")
 
     # ---------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -143,16 +149,16 @@ class MAPAPosterior:
         self.n_features_in_ = X.shape[1]
         self.dense_ = k == n
         if self.dense_:
-            self.tree_ = None
+            self.index_, self.algorithm_ = None, "dense"
             sqdist = cdist(X, X, "sqeuclidean")
             idx = np.broadcast_to(np.arange(n), (n, n))
         else:
-            self.tree_ = KDTree(X, leafsize=16)
-            dist, idx = self.tree_.query(X, k=k, workers=self.n_jobs)
-            sqdist = dist**2
+            self.index_ = NeighbourIndex(X, self.algorithm, self.n_jobs)
+            self.algorithm_ = self.index_.algorithm
+            sqdist, idx = self.index_.query(X, k, include_self=True)
         self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist)
         self.neighbors_ = np.ascontiguousarray(idx)
-        self.weights_, self.truncation_bound_ = self._weights(sqdist, idx)
+        self.weights_, self.truncation_bound_ = self._weights(sqdist, self.neighbors_)
         return self
 
     def query(self, X) -> sparse.csr_matrix:
@@ -162,8 +168,7 @@ class MAPAPosterior:
             sqdist = cdist(X, self.X_fit_, "sqeuclidean")
             idx = np.broadcast_to(np.arange(self.X_fit_.shape[0]), sqdist.shape)
         else:
-            dist, idx = self.tree_.query(X, k=self.neighbors_.shape[1], workers=self.n_jobs)
-            sqdist = dist**2
+            sqdist, idx = self.index_.query(X, self.neighbors_.shape[1])
         return self._weights(sqdist, idx)[0]
 
     def log_weights(self, X) -> np.ndarray:
@@ -206,6 +211,9 @@ class MAPAPosterior:
         if k == n and n * n > _MAX_DENSE_ENTRIES:
             raise ValueError(f"dense MAPA for {n} samples needs an {n}x{n} matrix; "
                              f"set n_neighbors (e.g. 32) for the sparse form")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown neighbour algorithm {self.algorithm!r}; choose one of "
+                             f"{', '.join(ALGORITHMS)}")
         if self.bandwidth is not None and self.sigma is not None:
             raise ValueError("give at most one of bandwidth and sigma (sigma sets h = sqrt(2) sigma)")
         for name in ("bandwidth", "sigma"):
@@ -242,21 +250,29 @@ class MAPAPosterior:
         return float(math.exp(result.x)), "loo"
 
     def _weights(self, sqdist: np.ndarray, idx: np.ndarray):
-        """CSR weights from each row's kept squared distances, and the truncation bound."""
+        """CSR weights from each row's kept squared distances, and the truncation bound.
+
+        ``sqdist`` is overwritten (it becomes the weights' data), so that a fit holds one
+        ``N × k`` float array and one index array, not several.
+        """
         n_rows, k = sqdist.shape
         n_fit = self.X_fit_.shape[0]
         inv = 0.5 / self.bandwidth_**2
-        excess = sqdist - sqdist.min(axis=1, keepdims=True)
-        kernel = np.exp(excess * -inv)
+        nearest = sqdist.min(axis=1, keepdims=True)
+        spread = sqdist.max(axis=1) - nearest[:, 0]  # farthest kept, relative to the nearest
+        kernel = sqdist
+        kernel -= nearest
+        kernel *= -inv
+        np.exp(kernel, out=kernel)
         row_sum = kernel.sum(axis=1)
         kernel /= row_sum[:, None]
-        weights = sparse.csr_matrix(
-            (kernel.ravel(), np.ascontiguousarray(idx).ravel(), np.arange(0, n_rows * k + 1, k)),
-            shape=(n_rows, n_fit))
+        indices = np.ascontiguousarray(idx).ravel()
+        indptr = np.arange(0, n_rows * k + 1, k, dtype=indices.dtype)
+        weights = sparse.csr_matrix((kernel.ravel(), indices, indptr), shape=(n_rows, n_fit))
         if k == n_fit:
             return weights, np.zeros(n_rows)
         # log(U / S_k) with U = (N − k) K(d_(k)): the farthest kept weight times N − k
-        log_u = math.log(n_fit - k) - inv * excess.max(axis=1) - np.log(row_sum)
+        log_u = math.log(n_fit - k) - inv * spread - np.log(row_sum)
         return weights, np.exp(log_u - np.logaddexp(0.0, log_u))
 
     def _check_fitted(self):

@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import sparse
+from scipy.spatial import KDTree
 from torch import nn
 
-from .atoms import Attachment
+from .atoms import EXACT_MATCH_MAX, Attachment
 from .encoders import AmortizedPosterior
 from .likelihood import mixture_log_joint, mixture_log_prob
 from .model import GenerativeModel
@@ -149,11 +150,34 @@ class MAPABound(Objective):
         return passes
 
     @torch.no_grad()
-    def reattachment_cost(self) -> np.ndarray:
-        """``C[n, m] = m_n ‖x̄_n − f(a_m)‖²``, decoding every atom once."""
+    def reattachment_cost(self) -> np.ndarray | sparse.csr_matrix:
+        """``C[n, m] = m_n ‖x̄_n − f(a_m)‖²``, decoding every atom once.
+
+        Dense up to 2048 atoms. Beyond, sparse: for each index ``n`` its current atom, the 16
+        atoms nearest to it in latent space and, for data of at most 16 dimensions, the 16 atoms
+        decoded nearest to ``x̄_n`` (k-d trees).
+        """
         decoded = self.model.decoder(self.attachment.atoms).double()
-        sq = torch.cdist(self.xbar.double(), decoded).square()
-        return (self.mass.double()[:, None] * sq).cpu().numpy()
+        n = decoded.shape[0]
+        if n <= EXACT_MATCH_MAX:
+            sq = torch.cdist(self.xbar.double(), decoded).square()
+            return (self.mass.double()[:, None] * sq).cpu().numpy()
+        decoded = decoded.cpu().numpy()
+        xbar, mass = self.xbar.double().cpu().numpy(), self.mass.double().cpu().numpy()
+        current = self.attachment.perm.cpu().numpy()
+        atoms = self.attachment.atoms.double().cpu().numpy()
+        k = min(16, n)
+        columns = [current[:, None], KDTree(atoms).query(atoms[current], k=k)[1]]
+        if decoded.shape[1] <= 16:
+            columns.append(KDTree(decoded).query(xbar, k=k)[1])
+        cols = np.concatenate(columns, axis=1)
+        cols.sort(axis=1)
+        keep = np.ones_like(cols, dtype=bool)
+        keep[:, 1:] = cols[:, 1:] != cols[:, :-1]  # each candidate once per row
+        rows = np.broadcast_to(np.arange(n)[:, None], cols.shape)[keep]
+        cols = cols[keep]
+        cost = mass[rows] * ((xbar[rows] - decoded[cols]) ** 2).sum(axis=1)
+        return sparse.csr_matrix((cost, (rows, cols)), shape=(n, n))
 
     @torch.no_grad()
     def per_point(self) -> dict:

@@ -152,3 +152,22 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
         kl_ax.set_ylabel("test KL (nats)", color="tab:purple")
     fig.tight_layout()
     return fig
+
+
+def image_grid(panels: dict, image_shape: tuple[int, int], title: str = ""):
+    """One mosaic per panel: ``panels[name]`` holds images as rows of length ``H·W`` (values
+    shown on [0, 1], clipped), laid out in a square grid."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+    h, w = image_shape
+    for ax, (name, images) in zip(axes[0], panels.items()):
+        side = int(np.ceil(np.sqrt(len(images))))
+        mosaic = np.ones((side * (h + 1) - 1, side * (w + 1) - 1))
+        for i, image in enumerate(np.clip(images, 0.0, 1.0)):
+            r, c = divmod(i, side)
+            mosaic[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image.reshape(h, w)
+        ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
