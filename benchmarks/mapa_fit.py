@@ -57,8 +57,9 @@ def measure(n: int, dim: int, k: int, rule: str, algorithm: str, repeats: int) -
     kwargs = {"sigma": sigma} if rule == "sigma" else {}
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     MAPAPosterior(n_neighbors=k, algorithm=algorithm, **kwargs).fit(X)  # warm-up
-    seconds = []
+    seconds, mapa = [], None
     for _ in range(repeats):
+        mapa = None  # the previous fit's arrays are freed before the next is timed
         start = time.perf_counter()
         mapa = MAPAPosterior(n_neighbors=k, algorithm=algorithm, **kwargs).fit(X)
         seconds.append(time.perf_counter() - start)

@@ -14,8 +14,10 @@ TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "see
 
 
 @pytest.mark.parametrize("label, expected", [
-    ("mapa", ("mapa", None)), ("vae", ("vae", None)), ("lagging", ("lagging", None)),
-    ("iwae-50", ("iwae", 50)), ("iwae", ("iwae", 10)), ("prior-is-7", ("prior-is", 7)),
+    ("mapa", {"method": "mapa"}), ("vae", {"method": "vae"}), ("lagging", {"method": "lagging"}),
+    ("iwae-50", {"method": "iwae", "samples": 50}), ("iwae", {"method": "iwae", "samples": 10}),
+    ("prior-is-7", {"method": "prior-is", "samples": 7}),
+    ("mapa-oracle", {"method": "mapa", "init": "oracle"}),
 ])
 def test_method_labels(label, expected):
     assert parse_method(label) == expected

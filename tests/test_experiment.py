@@ -113,3 +113,14 @@ def test_fit_command_refuses_an_unknown_method(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--method", "gan", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
+
+
+def test_the_oracle_ablation_starts_from_the_true_codes():
+    config = RunConfig(method="mapa", init="oracle", **TINY)
+    assert config.label == "mapa-oracle"
+    truth = datasets.get("circle")
+    X, Z, _ = sample_data(config, truth)
+    estimator = build_estimator(config, truth, Z)
+    np.testing.assert_array_equal(estimator.init, Z)
+    metrics = run(config)
+    assert metrics["label"] == "mapa-oracle" and np.isfinite(metrics["test_kl"])

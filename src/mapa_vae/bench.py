@@ -43,23 +43,24 @@ CSV_COLUMNS = ["dataset", "label", "method", "seed", "test_kl", "test_kl_se", "p
                "bound", "gap", "sigma"]
 
 
-def parse_method(label: str) -> tuple[str, int | None]:
-    """``"iwae-10"`` → ``("iwae", 10)``; ``"mapa"`` → ``("mapa", None)``; ``"iwae"`` takes its
-    default ``S``."""
+def parse_method(label: str) -> dict:
+    """A method label as run settings: ``"iwae-10"`` → ``{"method": "iwae", "samples": 10}``;
+    ``"iwae"`` takes its default ``S``; ``"mapa-oracle"`` is MAPA started from the true codes."""
     for method, default in SAMPLE_DEFAULTS.items():
         if label == method:
-            return method, default
+            return {"method": method, "samples": default}
         if label.startswith(method + "-"):
             text = label[len(method) + 1:]
             if not text.isdigit() or int(text) < 1:
                 raise ValueError(f"method {label!r}: the number of samples after {method}- must "
                                  f"be a positive integer")
-            return method, int(text)
-    known = ["mapa", "vae", "lagging"]
-    if label not in known:
+            return {"method": method, "samples": int(text)}
+    if label == "mapa-oracle":
+        return {"method": "mapa", "init": "oracle"}
+    if label not in ("mapa", "vae", "lagging"):
         raise ValueError(f"unknown method {label!r}; choose from {', '.join(METHODS)} "
-                         f"(any iwae-S or prior-is-S)")
-    return label, None
+                         f"(any iwae-S or prior-is-S), or mapa-oracle")
+    return {"method": label}
 
 
 @dataclass
@@ -92,11 +93,11 @@ class BenchConfig:
         out = []
         for name in self.datasets:
             for label in self.methods:
-                method, samples = parse_method(label)
+                settings = parse_method(label)
                 for seed in range(self.first_seed, self.first_seed + self.seeds):
-                    out.append(RunConfig(dataset=name, method=method, samples=samples,
-                                         n_train=self.n_train, n_test=self.n_test,
-                                         steps=self.steps, batch_size=self.batch_size,
+                    out.append(RunConfig(dataset=name, **settings, n_train=self.n_train,
+                                         n_test=self.n_test, steps=self.steps,
+                                         batch_size=self.batch_size,
                                          learning_rate=self.learning_rate,
                                          lr_schedule=self.lr_schedule, seed=seed,
                                          log_every=log_every, eval_every=self.eval_every,
@@ -216,7 +217,8 @@ def targets(results: list[dict], rows: list[dict]) -> list[dict]:
     checks = []
     for name in dict.fromkeys(r["dataset"] for r in rows):
         mapa = by.get((name, "mapa"))
-        baselines = [r for r in rows if r["dataset"] == name and r["label"] != "mapa"]
+        baselines = [r for r in rows
+                     if r["dataset"] == name and not r["label"].startswith("mapa")]
         if mapa is None or not baselines:
             continue
         best = min(baselines, key=lambda r: r["test_kl_median"])

@@ -58,7 +58,7 @@ class RunConfig:
     lr_schedule: str = "cosine"
     hidden: tuple = (64, 64)
     learn_sigma: bool = False
-    init: str = "auto"  # MAPA's initial attachment
+    init: str = "auto"  # MAPA's initial attachment; "oracle": the true codes (an ablation)
     seed: int = 0
     log_every: int = 100
     eval_every: int = 0
@@ -94,9 +94,12 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        """The method with its sample count, e.g. ``iwae-10``."""
+        """The method with its sample count, e.g. ``iwae-10``; ``mapa-oracle`` for MAPA started
+        from the true codes."""
         if self.method in SAMPLE_DEFAULTS:
             return f"{self.method}-{self.samples or SAMPLE_DEFAULTS[self.method]}"
+        if self.method == "mapa" and self.init == "oracle":
+            return "mapa-oracle"
         return self.method
 
     def as_dict(self) -> dict:
@@ -111,8 +114,10 @@ def _streams(seed: int):
     return [int(child.generate_state(1)[0]) for child in children]
 
 
-def build_estimator(config: RunConfig, truth):
-    """The method's estimator for this run, unfitted."""
+def build_estimator(config: RunConfig, truth, Z_train=None):
+    """The method's estimator for this run, unfitted (``Z_train``: the true codes of the
+    training points, needed by ``init="oracle"`` only)."""
+    config.validate()
     params = dict(sigma=None if config.learn_sigma else truth.sigma,
                   latent_dim=truth.latent_dim, prior=truth.prior, hidden=tuple(config.hidden),
                   steps=config.steps, batch_size=config.batch_size,
@@ -122,7 +127,7 @@ def build_estimator(config: RunConfig, truth):
     if config.method in SAMPLE_DEFAULTS:
         params["n_samples"] = config.samples or SAMPLE_DEFAULTS[config.method]
     if config.method == "mapa":
-        params["init"] = config.init
+        params["init"] = Z_train if config.init == "oracle" else config.init
     params.update(config.extra)
     return make_estimator(config.method, **params)
 
@@ -142,7 +147,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
     truth = datasets.get(config.dataset, twin=config.twin)
     X, Z, X_test = sample_data(config, truth)
     log_p_true = truth.log_prob(X_test)
-    estimator = build_estimator(config, truth).set_params(verbose=progress)
+    estimator = build_estimator(config, truth, Z).set_params(verbose=progress)
 
     monitor = None
     if config.eval_every:

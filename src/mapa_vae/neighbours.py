@@ -27,7 +27,7 @@ from scipy.spatial import KDTree
 
 ALGORITHMS = ("auto", "kd_tree", "brute", "hnsw")
 _KD_TREE_MAX_DIM = 16
-_BLOCK_ENTRIES = 1 << 22  # query rows × k (or × N for brute force) per block
+_BLOCK_ENTRIES = 1 << 22  # query rows × max(k × D, N for brute force) per block
 
 
 def faiss_or_error():
@@ -81,7 +81,9 @@ class NeighbourIndex:
         n, n_fit = Q.shape[0], self.X.shape[0]
         sqdist = np.empty((n, k))
         idx = np.empty((n, k), dtype=np.int32 if n_fit < 2**31 else np.int64)
-        per_row = n_fit if self.algorithm == "brute" else k
+        per_row = k * Q.shape[1]  # the exact distances of the candidates: k × D per row
+        if self.algorithm == "brute":
+            per_row = max(per_row, n_fit)
         block = max(1, _BLOCK_ENTRIES // per_row)
         for start in range(0, n, block):
             rows = slice(start, min(n, start + block))
