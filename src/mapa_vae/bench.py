@@ -80,6 +80,7 @@ class BenchConfig:
     eval_every: int = 250
     n_eval: int = 1000
     jobs: int = 0  # worker processes; 0: one per core
+    device: str = "cpu"  # where each run trains
 
     def runs(self) -> list[RunConfig]:
         """One :class:`RunConfig` per dataset × method × seed."""
@@ -97,7 +98,7 @@ class BenchConfig:
                 for seed in range(self.first_seed, self.first_seed + self.seeds):
                     out.append(RunConfig(dataset=name, **settings, n_train=self.n_train,
                                          n_test=self.n_test, steps=self.steps,
-                                         batch_size=self.batch_size,
+                                         batch_size=self.batch_size, device=self.device,
                                          learning_rate=self.learning_rate,
                                          lr_schedule=self.lr_schedule, seed=seed,
                                          log_every=log_every, eval_every=self.eval_every,
@@ -114,13 +115,18 @@ def run_dir(out: Path, config: RunConfig) -> Path:
     return Path(out) / "runs" / config.dataset / config.label / f"seed{config.seed}"
 
 
+def protocol(config: dict) -> dict:
+    """A run's settings less where it ran (device, distributed): what makes results comparable."""
+    return {key: value for key, value in config.items() if key not in ("device", "distributed")}
+
+
 def _finished(path: Path, config: RunConfig) -> dict | None:
     """The metrics of a finished run at ``path``, or ``None``; refuses another protocol's run."""
     file = path / "metrics.json"
     if not file.is_file():
         return None
     metrics = json.loads(file.read_text())
-    if metrics.get("config") != config.as_dict():
+    if protocol(metrics.get("config") or {}) != protocol(config.as_dict()):
         raise ValueError(f"{path} holds a run of a different protocol; choose another --out or "
                          f"remove it")
     return metrics

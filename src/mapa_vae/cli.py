@@ -1,5 +1,7 @@
-"""Command-line interface: ``mapa-vae demo`` (MAPA against the true posterior) and
-``mapa-vae fit`` (train one method on a ground truth and score it)."""
+"""Command-line interface: ``mapa-vae demo`` (MAPA against the true posterior), ``mapa-vae fit``
+(train one method on a ground truth and score it; ``--device``, and ``--distributed`` under
+``torchrun``), ``mapa-vae bench`` (every dataset × method × seed, tables and figures) and
+``mapa-vae figures`` (the paper's figures that need no training)."""
 from __future__ import annotations
 
 import argparse
@@ -84,13 +86,21 @@ def fit(args) -> dict:
     """Train one method on a ground truth; write metrics, history, checkpoint and a figure."""
     from .experiment import RunConfig, run
 
+    device, writer = args.device, True
+    if args.distributed:
+        from .distributed import init_from_environment
+
+        shard, device = init_from_environment(args.device)
+        writer = shard.rank == 0  # every rank trains the same model; one writes it
+    args.writes = writer
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test, steps=args.steps,
                        batch_size=args.batch_size, learning_rate=args.learning_rate,
                        lr_schedule=args.lr_schedule, learn_sigma=args.learn_sigma, init=args.init,
                        seed=args.seed, log_every=min(args.log_every, args.steps),
-                       eval_every=args.eval_every)
-    return run(config, args.out, progress=not args.quiet)
+                       eval_every=args.eval_every, device=device,
+                       distributed=args.distributed)
+    return run(config, args.out if writer else None, progress=writer and not args.quiet)
 
 
 def _print_fit(metrics: dict, out: str) -> None:
@@ -117,7 +127,8 @@ def bench(args) -> str:
 
     settings = dict(QUICK) if args.quick else {}
     for key in ("datasets", "methods", "seeds", "first_seed", "steps", "batch_size",
-                "learning_rate", "lr_schedule", "n_train", "n_test", "eval_every", "jobs"):
+                "learning_rate", "lr_schedule", "n_train", "n_test", "eval_every", "jobs",
+                "device"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -196,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=0,
                    help="also measure the test KL every this many steps (on 1000 test points)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where training runs: cpu, cuda, cuda:1, mps")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes torchrun starts, e.g. torchrun "
+                        "--nproc-per-node=2 -m mapa_vae fit --distributed (gloo on the CPU, "
+                        "NCCL with --device cuda: one GPU per process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/fit", help="output folder")
     p.set_defaults(run=fit, report=_print_fit)
@@ -226,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=None,
                    help="steps between test-KL measurements for the curves (default 250; 0: "
                         "none)")
+    p.add_argument("--device", default=None, help="where each run trains (default cpu)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per "
                                                          "core)")
     p.add_argument("--quick", action="store_true",
@@ -256,7 +273,8 @@ def main(argv=None) -> int:
     except TrainingDiverged as error:
         print(f"mapa-vae: training failed: {error}", file=sys.stderr)
         return 1
-    args.report(summary, args.out)
+    if getattr(args, "writes", True):  # in a distributed fit, rank 0 alone reports
+        args.report(summary, args.out)
     return 0
 
 

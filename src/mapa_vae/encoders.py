@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import batch_normal
 from .priors import Prior, StandardNormal
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -39,8 +40,7 @@ class AmortizedPosterior(nn.Module):
     def rsample(self, loc: torch.Tensor, scale: torch.Tensor, n_samples: int = 1,
                 generator: torch.Generator | None = None):
         """Reparameterised draws ``z`` of shape ``(S, B, d)`` and ``log q(z | x)`` of ``(S, B)``."""
-        eps = torch.randn((n_samples,) + loc.shape, dtype=loc.dtype, device=loc.device,
-                          generator=generator)
+        eps = batch_normal((n_samples,) + loc.shape, loc.dtype, loc.device, generator)
         u = loc + scale * eps
         log_q = (-0.5 * eps**2 - torch.log(scale) - _LOG_SQRT_2PI).sum(-1)
         if self.gaussian:

@@ -23,6 +23,8 @@ from torch import nn
 
 from .atoms import (Attachment, candidate_attachments, initial_attachment, least_rough,
                     stratified_atoms, transport)
+from .devices import resolve_device
+from .distributed import Shard
 from .encoders import AmortizedPosterior
 from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
@@ -71,7 +73,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu"):
+                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False):
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.prior = prior
@@ -85,6 +87,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.device = device
+        self.distributed = distributed
 
     # --- building ---------------------------------------------------------------------------
     def _seed(self) -> int:
@@ -136,6 +139,12 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def _make_objective(self, X, model, seed):
         raise NotImplementedError
 
+    def _check_where(self) -> None:
+        """Refuse an absent device or a missing process group before any work is done."""
+        resolve_device(self.device)
+        if self.distributed:
+            Shard.from_process_group()
+
     def _setup(self, X, seed: int, monitor=None, steps: int | None = None) -> Trainer:
         """The model, objective and trainer for validated data ``X`` (``steps``: the trainer's
         budget, default ``self.steps``)."""
@@ -143,12 +152,14 @@ class _LatentDensity(DensityMixin, BaseEstimator):
                                 batch_size=self.batch_size, learning_rate=self.learning_rate,
                                 lr_schedule=self.lr_schedule, seed=seed,
                                 log_every=self.log_every).validate()
+        device = resolve_device(self.device)
+        shard = Shard.from_process_group() if self.distributed else None
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = self._build_model(X)
-            objective = self._make_objective(X, model, seed).to(self.device)
-        return Trainer(objective, X, config, progress=self.verbose, device=self.device,
-                       monitor=monitor)
+            objective = self._make_objective(X, model, seed).to(device)
+        return Trainer(objective, X, config, progress=self.verbose, device=device,
+                       monitor=monitor, shard=shard)
 
     # --- the estimator API ------------------------------------------------------------------
     def fit(self, X, y=None, monitor=None):
@@ -160,6 +171,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         """
         start = time.perf_counter()
         X = as_data(X, "X", min_samples=2)
+        self._check_where()
         trainer = self._setup(X, self._seed(), monitor)
         self.setup_seconds_ = time.perf_counter() - start
         trainer.fit()
@@ -339,6 +351,13 @@ class MAPADensity(_LatentDensity):
         (0 disables).
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
+    device : str, default="cpu"
+        Where training runs (``"cuda"``, ``"cuda:1"``, ``"mps"``); a device this machine lacks is
+        a ``ValueError``. Scores are computed on the CPU in float64.
+    distributed : bool, default=False
+        Train as one rank of a data-parallel run (launched by ``torchrun``, process group
+        initialised): each rank takes its share of every minibatch and gradients are summed
+        over ranks, giving one process's result (:mod:`mapa_vae.distributed`).
 
     Examples
     --------
@@ -354,11 +373,12 @@ class MAPADensity(_LatentDensity):
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu", n_neighbors="auto",
-                 bandwidth=None, features=None, init="auto", pilot_steps=200, project_every=50,
+                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
+                 n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200, project_every=50,
                  reattach_every=500):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device,
+                         distributed)
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.features = features
@@ -381,6 +401,7 @@ class MAPADensity(_LatentDensity):
         """
         start = time.perf_counter()
         X = as_data(X, "X", min_samples=2)
+        self._check_where()
         for name in ("pilot_steps", "project_every", "reattach_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
@@ -572,9 +593,10 @@ class VAEDensity(_EncoderDensity):
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
-                 random_state=None, verbose=False, device="cpu"):
+                 random_state=None, verbose=False, device="cpu", distributed=False):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device,
+                         distributed)
         self.encoder = encoder
 
     def _make_objective(self, X, model, seed):
@@ -589,9 +611,10 @@ class IWAEDensity(_EncoderDensity):
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
-                 random_state=None, verbose=False, device="cpu", n_samples=10):
+                 random_state=None, verbose=False, device="cpu", distributed=False, n_samples=10):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device,
+                         distributed)
         self.encoder = encoder
         self.n_samples = n_samples
 
@@ -607,9 +630,11 @@ class LaggingVAEDensity(_EncoderDensity):
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
-                 random_state=None, verbose=False, device="cpu", max_inner=100, check_every=10):
+                 random_state=None, verbose=False, device="cpu", distributed=False, max_inner=100,
+                 check_every=10):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device,
+                         distributed)
         self.encoder = encoder
         self.max_inner = max_inner
         self.check_every = check_every
@@ -629,9 +654,11 @@ class PriorISDensity(_LatentDensity):
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu", n_samples=100):
+                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
+                 n_samples=100):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
-                         learning_rate, lr_schedule, log_every, random_state, verbose, device)
+                         learning_rate, lr_schedule, log_every, random_state, verbose, device,
+                         distributed)
         self.n_samples = n_samples
 
     def _make_objective(self, X, model, seed):

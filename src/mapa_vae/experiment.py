@@ -63,6 +63,8 @@ class RunConfig:
     log_every: int = 100
     eval_every: int = 0
     n_eval: int = 1000
+    device: str = "cpu"  # where training runs; evaluation is on the CPU in float64
+    distributed: bool = False  # one rank of a torchrun data-parallel run
     extra: dict = field(default_factory=dict)  # further estimator parameters
 
     def validate(self) -> "RunConfig":
@@ -122,8 +124,8 @@ def build_estimator(config: RunConfig, truth, Z_train=None):
                   latent_dim=truth.latent_dim, prior=truth.prior, hidden=tuple(config.hidden),
                   steps=config.steps, batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
-                  log_every=config.log_every,
-                  random_state=_streams(config.seed)[2])
+                  log_every=config.log_every, device=config.device,
+                  distributed=config.distributed, random_state=_streams(config.seed)[2])
     if config.method in SAMPLE_DEFAULTS:
         params["n_samples"] = config.samples or SAMPLE_DEFAULTS[config.method]
     if config.method == "mapa":

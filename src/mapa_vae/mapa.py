@@ -61,24 +61,35 @@ def loo_log_likelihood(sqdist_others: np.ndarray, bandwidth: float, n_features: 
 
 
 class _NegativeLoo:
-    """``t ↦ −LOO(eᵗ)`` with each row's minimum factored out: one ``exp`` pass per call,
-    split over threads by rows (NumPy releases the GIL inside ``exp`` and ``sum``)."""
+    """``t ↦ −LOO(eᵗ)`` with each row's minimum factored out: one ``exp`` pass per call over
+    blocks of rows, split over threads (NumPy releases the GIL inside ``exp`` and ``sum``); the
+    memory beyond the distances is a few blocks, not another ``N × k`` array."""
+
+    BLOCK_ROWS = 1 << 14
 
     def __init__(self, sqdist_others: np.ndarray, n_features: int, n_threads: int = 1):
+        self.sqdist = sqdist_others
         self.d_min = sqdist_others.min(axis=1)
-        self.chunks = np.array_split(sqdist_others - self.d_min[:, None], max(1, n_threads))
-        self.pool = ThreadPoolExecutor(len(self.chunks)) if len(self.chunks) > 1 else None
+        n = sqdist_others.shape[0]
+        self.blocks = [slice(start, min(n, start + self.BLOCK_ROWS))
+                       for start in range(0, n, self.BLOCK_ROWS)]
+        threads = min(max(1, n_threads), len(self.blocks))
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self.n_features = n_features
-        self.log_n_others = math.log(sqdist_others.shape[0] - 1)
+        self.log_n_others = math.log(n - 1)
 
     def __call__(self, log_h: float) -> float:
         inv = 0.5 * math.exp(-2.0 * log_h)
+        log_sum = np.empty(self.sqdist.shape[0])
 
-        def row_sums(chunk):
-            return np.exp(chunk * -inv).sum(axis=1)
+        def block_sums(rows):
+            kernel = np.subtract(self.sqdist[rows], self.d_min[rows, None])
+            kernel *= -inv
+            np.exp(kernel, out=kernel)
+            log_sum[rows] = np.log(kernel.sum(axis=1))
 
-        parts = self.pool.map(row_sums, self.chunks) if self.pool else map(row_sums, self.chunks)
-        log_sum = np.log(np.concatenate(list(parts))) - inv * self.d_min
+        list(self.pool.map(block_sums, self.blocks) if self.pool else map(block_sums, self.blocks))
+        log_sum -= inv * self.d_min
         d = self.n_features
         log_norm = -d * log_h - 0.5 * d * math.log(2 * math.pi) - self.log_n_others
         return -float(log_sum.mean() + log_norm)

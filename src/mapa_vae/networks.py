@@ -20,8 +20,9 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (64, 64),
 
 
 def float64_decoder(decoder: nn.Module):
-    """A float64, gradient-free copy of a decoder module, as a tensor → tensor function."""
-    module = copy.deepcopy(decoder).double().eval()
+    """A float64, gradient-free copy of a decoder module on the CPU, as a tensor → tensor
+    function (evaluation runs there, wherever the model was trained)."""
+    module = copy.deepcopy(decoder).double().cpu().eval()
 
     def decode(z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -4,7 +4,8 @@
 per-point bound (to maximise) and the network passes it cost (one pass = one network evaluation
 on one input row, encoder or decoder, forward). The trainer also calls ``before_step`` and
 ``after_step``, which return the passes of any extra work they do (an inner encoder loop, a
-re-attachment), so passes are counted where they happen.
+re-attachment), so passes are counted where they happen: ``before_step``'s as minibatch work
+(summed over data-parallel ranks), ``after_step``'s as work every rank repeats (counted once).
 
 * :class:`MAPABound` (no encoder): with ``W_in = MAPA(n | x_i)`` fixed,
 
@@ -43,11 +44,14 @@ from .model import GenerativeModel
 
 @dataclass
 class BoundEstimate:
-    """A minibatch estimate of the mean per-point bound and what it cost."""
+    """A minibatch estimate of the mean per-point bound and what it cost. ``replicated``: the
+    passes do not depend on the minibatch rows (work every data-parallel rank repeats, counted
+    once)."""
 
     value: torch.Tensor
     passes: int
     parts: dict = field(default_factory=dict)
+    replicated: bool = False
 
 
 class Objective(nn.Module):
@@ -280,7 +284,8 @@ class PriorProposalBound(Objective):
         log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=x.dtype,
                            device=x.device)
         joint = mixture_log_joint(x, mean, log_w, self.model.likelihood.sigma)
-        return BoundEstimate(torch.logsumexp(joint, dim=1).mean(), passes=self.n_samples)
+        return BoundEstimate(torch.logsumexp(joint, dim=1).mean(), passes=self.n_samples,
+                             replicated=True)
 
 
 class LaggingELBO(ELBO):
@@ -314,10 +319,9 @@ class LaggingELBO(ELBO):
             x, idx = trainer.next_batch()
             estimate = self(x, idx)
             trainer.inference_optimizer.zero_grad(set_to_none=True)
-            (-estimate.value).backward()
+            running -= trainer.backward(estimate, idx.shape[0], self.encoder.parameters())
             trainer.inference_optimizer.step()
             passes += estimate.passes
-            running -= estimate.value.item()
             self.inner_steps_last = inner
             if inner % self.check_every == 0:
                 if running > previous:

@@ -8,6 +8,10 @@ network pass these spend is added to the cumulative count in the loop itself.
 
 Randomness comes from PyTorch's generator, seeded at the start and saved in checkpoints inside a
 forked RNG state, so a run is reproducible from its seed and a resumed run continues exactly.
+
+Given a :class:`~mapa_vae.distributed.Shard`, the trainer is one rank of a data-parallel run:
+each rank computes the bound on its share of the global minibatch and gradients are summed over
+ranks before every optimiser step (see :mod:`mapa_vae.distributed`).
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .devices import resolve_device
+from .distributed import Shard, noise_rows
 from .files import atomic_write
 from .objectives import Objective
 
@@ -72,19 +78,24 @@ class Trainer:
     diagnostics (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
     ``monitor(step, model) -> dict``, if given, adds its numbers to each row (e.g. a test KL); like
     the diagnostics, its time is not training time and its network passes are not counted.
+    ``shard``: this process's rank in a data-parallel run (``None``: one process).
     """
 
     def __init__(self, objective: Objective, X: np.ndarray, config: TrainingConfig,
-                 progress: bool = False, device: str | torch.device = "cpu", monitor=None):
+                 progress: bool = False, device: str | torch.device = "cpu", monitor=None,
+                 shard: Shard | None = None):
         self.objective = objective
         self.monitor = monitor
         self.config = config.validate()
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.shard = shard
         self.X = torch.tensor(X, dtype=torch.float32, device=self.device)
         self.n = self.X.shape[0]
         self.batch_size = min(config.batch_size, self.n)
         self.steps_per_epoch = max(1, self.n // self.batch_size)
-        self.progress = progress
+        self.progress = progress and (shard is None or shard.rank == 0)
+        if shard is not None:
+            shard.rows(self.batch_size)  # a clear error now if the batch cannot be shared
         self.generative_optimizer = torch.optim.Adam(objective.generative_parameters(),
                                                      lr=config.learning_rate)
         inference = objective.inference_parameters()
@@ -99,28 +110,66 @@ class Trainer:
         self._cursor = 0
         self._running = 0.0
         self._rng_state = None
+        self._cuda_rng_state = None
         self._seeded = False
 
     # ---------------------------------------------------------------------------------------
     def next_batch(self):
-        """The next minibatch ``(x, idx)``: indices drawn without replacement within an epoch."""
+        """The next minibatch ``(x, idx)``: indices drawn without replacement within an epoch
+        (in a data-parallel run, this rank's share of the global minibatch)."""
         if self._cursor + self.batch_size > self._order.numel():
             self._order = torch.randperm(self.n)
             self._cursor = 0
-        idx = self._order[self._cursor:self._cursor + self.batch_size].to(self.device)
+        idx = self._order[self._cursor:self._cursor + self.batch_size]
+        if self.shard is not None:
+            idx = idx[self.shard.rows(self.batch_size)]
         self._cursor += self.batch_size
+        idx = idx.to(self.device)
         return self.X[idx], idx
+
+    def backward(self, estimate, rows: int, parameters) -> float:
+        """Backpropagate ``−estimate.value`` (a mean over ``rows`` minibatch rows) into the
+        gradients of ``parameters`` and return the bound's value over the whole minibatch. In a
+        data-parallel run the value is weighted by this rank's share of rows and values and
+        gradients are summed over ranks, so every rank gets one process's numbers."""
+        value = estimate.value
+        if self.shard is None:
+            (-value).backward()
+            return value.item()
+        weight = rows / self.batch_size
+        total = self.shard.sum(value.detach().double().reshape(1) * weight).item()
+        if math.isfinite(total):
+            (-value * weight).backward()
+            self.shard.sum_gradients(parameters)
+        return total
+
+    def count_minibatch_passes(self, passes: int) -> int:
+        """Passes of minibatch work, summed over ranks in a data-parallel run."""
+        if self.shard is None:
+            return passes
+        return int(self.shard.sum(torch.tensor([passes], dtype=torch.float64)).item())
+
+    def _noise_rows(self):
+        """Within a step, minibatch noise is this rank's share of one process's noise."""
+        if self.shard is None:
+            return noise_rows(None, self.batch_size)
+        return noise_rows(self.shard.rows(self.batch_size), self.batch_size)
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train up to step ``until`` (default ``config.steps``; the learning-rate schedule always
         spans ``config.steps``), continuing from where the last call or a checkpoint stopped."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
             if self._rng_state is None:
                 torch.manual_seed(self.config.seed)
             else:
                 torch.set_rng_state(self._rng_state)
+                if cuda and self._cuda_rng_state is not None:
+                    torch.cuda.set_rng_state(self._cuda_rng_state, self.device)
             self._loop(self.config.steps if until is None else min(until, self.config.steps))
             self._rng_state = torch.get_rng_state()
+            if cuda:  # encoder noise is drawn on the device, from its own generator
+                self._cuda_rng_state = torch.cuda.get_rng_state(self.device)
         return self.history
 
     def _loop(self, until: int) -> None:
@@ -131,23 +180,25 @@ class Trainer:
             while self.step < until:
                 start = time.perf_counter()
                 self._set_learning_rate()
-                step_passes = objective.before_step(self)
-                x, idx = self.next_batch()
-                estimate = objective(x, idx)
-                value = estimate.value.item()
+                with self._noise_rows():
+                    step_passes = objective.before_step(self)
+                    x, idx = self.next_batch()
+                    estimate = objective(x, idx)
+                self.generative_optimizer.zero_grad(set_to_none=True)
+                if self.inference_optimizer is not None:
+                    self.inference_optimizer.zero_grad(set_to_none=True)
+                value = self.backward(estimate, idx.shape[0], objective.parameters())
                 if not math.isfinite(value):
                     raise TrainingDiverged(
                         f"the {objective.name} objective became {value} at step {self.step + 1}; "
                         f"try a smaller learning rate or check the data scale")
-                self.generative_optimizer.zero_grad(set_to_none=True)
-                if self.inference_optimizer is not None:
-                    self.inference_optimizer.zero_grad(set_to_none=True)
-                (-estimate.value).backward()
                 self._check_gradients()
                 self.generative_optimizer.step()
                 if self.inference_optimizer is not None and objective.trains_inference_now():
                     self.inference_optimizer.step()
-                step_passes += estimate.passes
+                step_passes = self.count_minibatch_passes(
+                    step_passes + (0 if estimate.replicated else estimate.passes))
+                step_passes += estimate.passes if estimate.replicated else 0
                 self.step += 1
                 step_passes += objective.after_step(self)
                 self.passes += step_passes
@@ -204,6 +255,7 @@ class Trainer:
             "history": json.dumps(self.history),
             "rng": self._rng_state if self._rng_state is not None else torch.get_rng_state(),
             "order": self._order, "cursor": self._cursor,
+            **({"cuda_rng": self._cuda_rng_state} if self._cuda_rng_state is not None else {}),
         }
 
     def load_state(self, state: dict) -> None:
@@ -220,6 +272,7 @@ class Trainer:
         self.train_seconds = float(state["train_seconds"])
         self.history = json.loads(state["history"])
         self._rng_state = state["rng"]
+        self._cuda_rng_state = state.get("cuda_rng")
         self._order, self._cursor = state["order"], int(state["cursor"])
 
 
