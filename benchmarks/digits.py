@@ -2,7 +2,8 @@
 VAE and IWAE (S = 10) on the same decoder, optimiser, batch and steps.
 
     python3 benchmarks/digits.py [--latent-dims 2 8] [--steps 5000] [--seeds 3]
-                                 [--features 16] [--out bench-results/digits]
+                                 [--features 16] [--methods mapa vae iwae]
+                                 [--learning-rate METHOD=RATE ...] [--out bench-results/digits]
 
 Data: the 1797 images of ``sklearn.datasets.load_digits`` (shipped with scikit-learn, no
 download), dequantised to ``x = (v + u) / 17`` with ``u ~ U[0, 1)`` so that a density on
@@ -48,16 +49,16 @@ def digits(seed: int):
     return X[order[:1500]], X[order[1500:]]
 
 
-def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int) -> dict:
+def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
+            learning_rate: float) -> dict:
     import torch
 
     from mapa_vae.estimators import make_estimator
-    from mapa_vae.experiment import LEARNING_RATES
 
     torch.set_num_threads(1)
     X, X_test = digits(seed)
     params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=steps, batch_size=100,
-                  learning_rate=LEARNING_RATES[method], lr_schedule="cosine", log_every=500,
+                  learning_rate=learning_rate, lr_schedule="cosine", log_every=500,
                   random_state=seed)
     if method == "mapa":
         params.update(features=features)
@@ -65,7 +66,7 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int) 
         params.update(n_samples=10)
     est = make_estimator(method, **params).fit(X)
     row = {"method": "iwae-10" if method == "iwae" else method, "latent_dim": latent_dim,
-           "seed": seed, "sigma": est.sigma_, "passes_per_step": est.passes_per_step_,
+           "seed": seed, "learning_rate": learning_rate, "sigma": est.sigma_, "passes_per_step": est.passes_per_step_,
            "total_passes": est.total_passes_,
            "seconds": est.setup_seconds_ + est.train_seconds_}
     if latent_dim <= 2:
@@ -90,16 +91,25 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int) 
     return row
 
 
+def label(method: str) -> str:
+    return "iwae-10" if method == "iwae" else method
+
+
+def rates_text(args) -> str:
+    return ", ".join(f"{label(m)} {args.rates[m]}" for m in args.methods)
+
+
 def summary(rows: list[dict], args) -> str:
     lines = ["# Digits: held-out log-likelihood", "",
-             f"{args.steps} steps, batch 100, Adam with the protocol's learning rates and a "
-             f"cosine schedule, σ learned; MAPA on {args.features} whitened principal "
+             f"{args.steps} steps, batch 100, Adam with a cosine schedule (peak learning rate "
+             f"{rates_text(args)}), σ learned; MAPA on {args.features} whitened principal "
              f"components; {args.seeds} seed(s); 297 test images; nats per image (higher is "
              f"better), median over seeds [range].", "",
              "| latent dim | method | test log-likelihood | evaluation | σ | passes / step | "
              "total passes | seconds |", "|---|---|---|---|---|---|---|---|"]
+    labels = [label(m) for m in args.methods]
     for d in args.latent_dims:
-        for method in ("mapa", "vae", "iwae-10"):
+        for method in labels:
             group = [r for r in rows if r["latent_dim"] == d and r["method"] == method]
             ll = [r["test_log_likelihood"] for r in group]
             lines.append(
@@ -117,7 +127,7 @@ def summary(rows: list[dict], args) -> str:
                   "| latent dim | method | own proposal | MC se | ESS | prior proposal | MC se | "
                   "ESS |", "|---|---|---|---|---|---|---|---|"]
         for d in sorted({r["latent_dim"] for r in is_rows}):
-            for method in ("mapa", "vae", "iwae-10"):
+            for method in labels:
                 group = [r for r in is_rows if r["latent_dim"] == d and r["method"] == method]
                 cells = []
                 for p in ("model", "prior"):
@@ -135,13 +145,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--features", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--learning-rate", nargs="+", default=[], metavar="METHOD=RATE",
+                        help="override the protocol's learning rate of a method, e.g. vae=0.01")
     parser.add_argument("--out", default="bench-results/digits")
     args = parser.parse_args()
+    from mapa_vae.experiment import LEARNING_RATES
+
+    args.rates = {m: LEARNING_RATES[m] for m in args.methods}
+    for item in args.learning_rate:
+        method, _, rate = item.partition("=")
+        if method not in args.rates:
+            parser.error(f"--learning-rate {item}: {method!r} is not among --methods")
+        args.rates[method] = float(rate)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    jobs = [(m, d, s, args.steps, args.features) for d in args.latent_dims for m in METHODS
-            for s in range(args.seeds)]
+    jobs = [(m, d, s, args.steps, args.features, args.rates[m]) for d in args.latent_dims
+            for m in args.methods for s in range(args.seeds)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(one_run, *zip(*jobs)))
     from mapa_vae.files import save_figure, write_json, write_text

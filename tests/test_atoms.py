@@ -8,8 +8,8 @@ from scipy.stats import kstest, spearmanr
 
 from mapa_vae import MAPAPosterior, datasets
 from mapa_vae.atoms import (Attachment, candidate_attachments, candidate_coordinates,
-                            coarse_tour, greedy_tour, initial_attachment, roughness, short_path,
-                            stratified_atoms, transport)
+                            coarse_tour, greedy_tour, initial_attachment, local_blocks, roughness,
+                            short_path, stratified_atoms, transport)
 from mapa_vae.priors import StandardNormal, Uniform
 
 
@@ -240,35 +240,56 @@ def test_match_is_exact_for_small_sets_and_close_by_bisection_beyond(monkeypatch
     assert cost(perm) < 0.05 * cost(rng.permutation(1500))
 
 
-def test_sparse_reattachment_never_worsens_the_attachment(monkeypatch):
-    """Beyond the exact size, re-attachment solves the assignment over sparse candidates that
-    include the current atoms, so the bound's attachment cost cannot rise."""
-    from mapa_vae import objectives
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_local_reattachment_never_worsens_the_attachment(monkeypatch, latent_dim):
+    """Beyond the exact size, re-attachment exchanges atoms within groups of neighbouring atoms
+    by exact assignment: a permutation, the group's own atoms, a cost that cannot rise."""
+    from mapa_vae import atoms as atoms_module
     from mapa_vae.likelihood import GaussianLikelihood
     from mapa_vae.model import GenerativeModel
     from mapa_vae.networks import mlp
     from mapa_vae.objectives import MAPABound
+    from mapa_vae.priors import make_prior
 
-    monkeypatch.setattr(objectives, "EXACT_MATCH_MAX", 50)
+    monkeypatch.setattr(atoms_module, "EXACT_MATCH_MAX", 50)
     truth = datasets.get("circle")
     X, _ = truth.sample(400, seed=0)
     W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
-    atoms = stratified_atoms(truth.prior, 400)
+    prior = make_prior("normal", latent_dim)
+    atoms = stratified_atoms(prior, 400)
     torch.manual_seed(0)
-    model = GenerativeModel(mlp(1, 2, (16,)), truth.prior, GaussianLikelihood(0.1))
-    bound = MAPABound(model, W, X, Attachment(atoms, np.random.default_rng(0).permutation(400)))
-    cost = bound.reattachment_cost()
-    assert cost.shape == (400, 400) and cost.getnnz(axis=1).min() >= 16
-    before = bound.attachment.perm.numpy().copy()
+    model = GenerativeModel(mlp(latent_dim, 2, (16,)), prior, GaussianLikelihood(0.1))
+    attachment = Attachment(atoms, np.random.default_rng(0).permutation(400))
+    bound = MAPABound(model, W, X, attachment)
     with torch.no_grad():
         value_before = float(bound(None, torch.arange(400)).value)
-    changed = bound.attachment.reattach(cost)
-    after = bound.attachment.perm.numpy()
-    with torch.no_grad():
-        decoded = model.decoder(bound.attachment.atoms).double()
-        dense = (bound.mass.double()[:, None]
-                 * torch.cdist(bound.xbar.double(), decoded).square()).numpy()
-    assert changed > 0 and sorted(after.tolist()) == list(range(400))
-    assert dense[np.arange(400), after].sum() <= dense[np.arange(400), before].sum()
+    dense = bound.reattachment_cost()(np.arange(400), np.arange(400))
+    costs = [dense[np.arange(400), attachment.perm.numpy()].sum()]
+    for turn in range(3):
+        before = attachment.perm.numpy().copy()
+        groups = atoms_module.local_blocks(atoms[before], 64, turn + 1)
+        changed = attachment.reattach(bound.reattachment_cost(), block=64)
+        after = attachment.perm.numpy()
+        assert changed > 0 and sorted(after.tolist()) == list(range(400))
+        for rows in groups:  # every group exchanged its own atoms only
+            assert sorted(after[rows].tolist()) == sorted(before[rows].tolist())
+        costs.append(dense[np.arange(400), after].sum())
+    assert all(b <= a + 1e-9 for a, b in zip(costs, costs[1:]))
     with torch.no_grad():
         assert float(bound(None, torch.arange(400)).value) >= value_before
+
+
+@pytest.mark.parametrize("latent_dim", [1, 3])
+def test_local_blocks_partition_the_points_and_move(latent_dim):
+    points = np.random.default_rng(0).normal(size=(1000, latent_dim))
+    first, second = (local_blocks(points, 100, turn) for turn in (1, 2))
+    for groups in (first, second):
+        assert max(len(g) for g in groups) <= 100
+        assert sorted(np.concatenate(groups).tolist()) == list(range(1000))
+    as_sets = lambda groups: {frozenset(g.tolist()) for g in groups}  # noqa: E731
+    assert as_sets(first) != as_sets(second)
+    if latent_dim == 1:  # consecutive runs of the sorted points
+        for g in first:
+            values = np.sort(points[g, 0])
+            inside = (points[:, 0] > values[0]) & (points[:, 0] < values[-1])
+            assert inside.sum() == len(g) - 2

@@ -22,8 +22,10 @@ permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on 
    once (``N`` network passes), then find the assignment of least cost
    ``C[n, m] = m_n ‖x̄_n − f(a_m)‖²`` (``m_n = Σ_i W_in``, ``x̄_n = Σ_i W_in x_i / m_n``), the part
    of ``−L`` that depends on which atom sits at ``n``: exact over all permutations up to 2048
-   points (``O(N³)``), and beyond over sparse candidates, each index's current atom and the
-   atoms decoded nearest to ``x̄_n`` (:meth:`Attachment.reattach`).
+   points (``O(N³)``); beyond, local: blocks of at most 256 indices whose atoms are neighbours
+   exchange their atoms by exact assignment, the block boundaries moving from call to call
+   (``O(N · 256²)``; :meth:`Attachment.reattach`). A local move cannot undo a fold that spans
+   far-apart atoms; at that size the initial attachment has to get the global order right.
 
 :func:`match` is exact linear assignment up to 2048 points and recursive bisection with exact
 leaves beyond (``O(N log² N)``).
@@ -35,7 +37,6 @@ import torch
 from scipy import sparse
 from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 from scipy.stats import qmc, rankdata
@@ -200,6 +201,7 @@ def spectral_coordinates(weights: sparse.spmatrix, n_components: int,
 #: Up to this many points, matching is exact (linear assignment, ``O(N³)``); beyond, bisection.
 EXACT_MATCH_MAX = 2048
 _LEAF = 256  # bisection stops at blocks of at most this many points, matched exactly
+REATTACH_BLOCK = 256  # indices per group in a local re-attachment beyond EXACT_MATCH_MAX
 
 
 def match(points: np.ndarray, atoms: np.ndarray) -> np.ndarray:
@@ -342,6 +344,30 @@ def initial_attachment(X: np.ndarray, weights: sparse.spmatrix, atoms: np.ndarra
     return transport(candidate_coordinates(method, X, weights, d, random_state), atoms, prior)
 
 
+def local_blocks(points: np.ndarray, size: int, turn: int) -> list[np.ndarray]:
+    """Groups of at most ``size`` row indices of ``points`` that lie close together. 1-D:
+    consecutive runs of the sorted points, shifted by half a group on odd turns. Above: the
+    leaves of a recursive bisection (split at the median of the widest coordinate) after a
+    rotation drawn from ``turn``. Successive turns put the group boundaries elsewhere."""
+    n, d = points.shape
+    if d == 1:
+        order = np.argsort(points[:, 0], kind="stable")
+        start = size // 2 if turn % 2 else size
+        return np.split(order, np.arange(start, n, size))
+    rotation = np.linalg.qr(np.random.default_rng(turn).normal(size=(d, d)))[0]
+    x = points @ rotation
+    blocks, stack = [], [np.arange(n)]
+    while stack:
+        rows = stack.pop()
+        if len(rows) <= size:
+            blocks.append(rows)
+            continue
+        axis = int(np.argmax(np.ptp(x[rows], axis=0)))
+        rows = rows[np.argsort(x[rows, axis], kind="stable")]
+        stack += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
+    return blocks
+
+
 class Attachment(nn.Module):
     """Fixed atoms, the permutation attaching them to indices, and relaxed positions.
 
@@ -354,6 +380,13 @@ class Attachment(nn.Module):
         self.register_buffer("atoms", torch.as_tensor(atoms, dtype=torch.float32))
         self.register_buffer("perm", torch.as_tensor(perm, dtype=torch.long))
         self.positions = nn.Parameter(self.atoms[self.perm].clone())
+        self._reattach_calls = 0
+
+    def get_extra_state(self) -> dict:
+        return {"reattach_calls": self._reattach_calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._reattach_calls = int(state["reattach_calls"])
 
     def attached(self) -> torch.Tensor:
         """The atom at every index, shape ``(N, d)``."""
@@ -387,14 +420,26 @@ class Attachment(nn.Module):
         return self._set(perm)
 
     @torch.no_grad()
-    def reattach(self, cost: np.ndarray | sparse.spmatrix) -> int:
-        """The assignment of atoms to indices of least total ``cost[n, m]`` (index ``n`` takes
-        atom ``m``): over all permutations for a dense array, over the stored entries for a
-        sparse one (which must allow the current attachment). Returns how many indices changed."""
-        if sparse.issparse(cost):
-            cost = sparse.csr_matrix(cost)
-            cost.data = cost.data - cost.data.min() + 1.0  # positive; the same shift per match
-            perm = min_weight_full_bipartite_matching(cost)[1]
-        else:
-            perm = linear_sum_assignment(cost)[1]
+    def reattach(self, cost, block: int = REATTACH_BLOCK) -> int:
+        """Re-attach by least total ``cost[n, m]`` (index ``n`` takes atom ``m``); returns how
+        many indices changed atom. ``cost`` is an ``(N, N)`` array or a function
+        ``(rows, atoms) → cost block``.
+
+        Up to :data:`EXACT_MATCH_MAX` indices: exact over all permutations. Beyond: the indices
+        are split into groups of at most ``block`` whose current atoms are neighbours
+        (:func:`local_blocks`; the boundaries move at every call) and each group exchanges its
+        own atoms by exact assignment, so the multiset of atoms is kept and the total cost never
+        rises.
+        """
+        lookup = cost if callable(cost) else (lambda rows, cols: cost[np.ix_(rows, cols)])
+        n = self.perm.numel()
+        if n <= EXACT_MATCH_MAX:
+            return self._set(linear_sum_assignment(lookup(np.arange(n), np.arange(n)))[1])
+        current = self.perm.cpu().numpy()
+        perm = current.copy()
+        self._reattach_calls += 1
+        for rows in local_blocks(self.attached().double().cpu().numpy(), block,
+                                 self._reattach_calls):
+            held = current[rows]
+            perm[rows] = held[linear_sum_assignment(lookup(rows, held))[1]]
         return self._set(perm)

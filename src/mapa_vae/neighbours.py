@@ -8,7 +8,7 @@ each query row, as squared distances sorted ascending and their indices:
   at a time so that memory stays ``O(block · N)``; candidates are picked in float32 and their
   distances recomputed exactly in float64.
 * ``"hnsw"``: FAISS's hierarchical navigable small-world graph, **approximate** (a true
-  neighbour may be missed; ``benchmarks/neighbours.py`` measures the recall), fast in high
+  neighbour may be missed; ``benchmarks/mapa_fit.py`` measures the recall), fast in high
   dimension. Needs the optional extra: ``pip install "mapa-vae[ann]"``.
 
 ``"auto"`` is exact: the k-d tree up to 16 dimensions, brute force above. An approximate search
