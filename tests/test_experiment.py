@@ -124,3 +124,21 @@ def test_the_oracle_ablation_starts_from_the_true_codes():
     np.testing.assert_array_equal(estimator.init, Z)
     metrics = run(config)
     assert metrics["label"] == "mapa-oracle" and np.isfinite(metrics["test_kl"])
+
+
+def test_the_true_log_density_of_a_test_set_is_computed_once(tmp_path, monkeypatch):
+    from mapa_vae.experiment import true_log_prob
+
+    truth = datasets.get("circle")
+    X, _ = truth.sample(50, seed=0)
+    first = true_log_prob(truth, X, tmp_path)
+    np.testing.assert_array_equal(first, truth.log_prob(X))
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+    def refuse(self, X):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(type(truth), "log_prob", refuse)
+    np.testing.assert_array_equal(true_log_prob(truth, X, tmp_path), first)  # from the cache
+    with pytest.raises(AssertionError, match="recomputed"):
+        true_log_prob(truth, X[:10], tmp_path)  # another test set is not confused with it

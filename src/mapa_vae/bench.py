@@ -5,7 +5,8 @@ Each run is an :func:`mapa_vae.experiment.run` with the same decoder, optimiser,
 A run whose ``metrics.json`` exists is finished and is not redone (files are written whole or not
 at all, so a killed bench leaves no half-written result); a folder holding results of another
 protocol is refused rather than mixed in. Runs go to worker processes, one PyTorch thread each,
-longest first.
+longest first. The true log-density of each test set (shared by every method of a dataset and
+seed) is computed once and kept in ``DIR/truth/``.
 
 The bench writes ``DIR/results.json`` and ``DIR/results.csv`` (one row per run),
 ``DIR/summary.md`` (median and interquartile range over seeds, and the targets checked as
@@ -132,13 +133,13 @@ def _finished(path: Path, config: RunConfig) -> dict | None:
     return metrics
 
 
-def _work(config: RunConfig, path: str) -> dict:
+def _work(config: RunConfig, path: str, truth_cache: str) -> dict:
     import torch
 
     from .experiment import run
 
     torch.set_num_threads(1)
-    return run(config, path)
+    return run(config, path, truth_cache=truth_cache)
 
 
 def _expected_cost(config: RunConfig) -> float:
@@ -166,7 +167,8 @@ def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> li
     if pending:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(_work, runs[i], str(run_dir(out, runs[i]))): i for i in pending}
+            futures = {pool.submit(_work, runs[i], str(run_dir(out, runs[i])), str(out / "truth")): i
+                       for i in pending}
             remaining = set(futures)
             while remaining:
                 finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)

@@ -18,6 +18,7 @@ initial attachment), ``train_seconds`` (the training loop) and their sum ``secon
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ import torch
 
 from . import __version__, datasets
 from .estimators import ESTIMATORS, make_estimator
-from .files import save_figure, write_csv, write_json
+from .files import atomic_write, save_figure, write_csv, write_json
 from .validation import check_positive_int
 
 #: Methods with a number of samples ``S`` and its default.
@@ -142,13 +143,37 @@ def sample_data(config: RunConfig, truth):
     return X, Z, X_test
 
 
-def run(config: RunConfig, out: str | Path | None = None, progress: bool = False) -> dict:
+def true_log_prob(truth, X_test: np.ndarray, cache: str | Path | None = None) -> np.ndarray:
+    """``log p_true`` of the test points; with ``cache`` (a folder), kept there under the test
+    set's content hash, so runs sharing a test set (every method of a dataset and seed) compute
+    it once."""
+    if cache is None:
+        return truth.log_prob(X_test)
+    digest = hashlib.sha256(truth.name.encode() + np.ascontiguousarray(X_test).tobytes())
+    file = Path(cache) / f"{digest.hexdigest()[:24]}.npy"
+    if file.is_file():
+        values = np.load(file)
+        if values.shape == (X_test.shape[0],):
+            return values
+    values = truth.log_prob(X_test)
+
+    def save(tmp):
+        with open(tmp, "wb") as handle:
+            np.save(handle, values)
+
+    atomic_write(file, save)
+    return values
+
+
+def run(config: RunConfig, out: str | Path | None = None, progress: bool = False,
+        truth_cache: str | Path | None = None) -> dict:
     """Fit one method on one dataset and seed; return its metrics and, given ``out``, write
-    ``metrics.json``, ``history.csv``, ``checkpoint.pt`` and ``fit.png`` there."""
+    ``metrics.json``, ``history.csv``, ``checkpoint.pt`` and ``fit.png`` there.
+    ``truth_cache``: a folder for the test sets' true log-densities (:func:`true_log_prob`)."""
     config.validate()
     truth = datasets.get(config.dataset, twin=config.twin)
     X, Z, X_test = sample_data(config, truth)
-    log_p_true = truth.log_prob(X_test)
+    log_p_true = true_log_prob(truth, X_test, truth_cache)
     estimator = build_estimator(config, truth, Z).set_params(verbose=progress)
 
     monitor = None
