@@ -291,7 +291,7 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
                   "reaching IWAE (S = 10)'s final median test KL within a fifth of IWAE's "
                   "time (setup and training; " + (
                       f"MAPA's test KL measured every {config.eval_every} steps on "
-                      f"{config.n_eval} test points)." if config.eval_every else
+                      f"{config.n_eval} test points, coarser grid)." if config.eval_every else
                       "not measured: no test-KL curves, see --eval-every)."), "",
                   "| dataset | MAPA KL | best baseline | its KL | ratio | met "
                   "| MAPA s to IWAE-10's KL | IWAE-10 s | met |",

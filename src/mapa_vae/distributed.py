@@ -116,6 +116,10 @@ def init_from_environment(device: str) -> tuple[Shard, str]:
     if device == "cuda":
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        from .devices import resolve_device
+
+        torch.cuda.set_device(resolve_device(device))  # NCCL talks to the current device
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return Shard.from_process_group(), device
