@@ -228,6 +228,8 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
                         "n_neighbors": int(estimator.mapa_.neighbors_.shape[1]),
                         "truncation_bound_max": float(estimator.mapa_.truncation_bound_.max())})
     if out is not None:
+        import matplotlib.pyplot as plt
+
         from .plots import fit_overview
 
         out = Path(out)
@@ -236,5 +238,6 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
         estimator.save(out / "checkpoint.pt")
         write_csv(out / "history.csv", history)
         save_figure(fig, out / "fit.png")
+        plt.close(fig)  # a bench worker runs many fits
         write_json(out / "metrics.json", metrics)
     return metrics
