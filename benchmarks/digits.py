@@ -26,7 +26,6 @@ samples per method, and training images for comparison).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import time
@@ -66,8 +65,8 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
         params.update(n_samples=10)
     est = make_estimator(method, **params).fit(X)
     row = {"method": "iwae-10" if method == "iwae" else method, "latent_dim": latent_dim,
-           "seed": seed, "learning_rate": learning_rate, "sigma": est.sigma_, "passes_per_step": est.passes_per_step_,
-           "total_passes": est.total_passes_,
+           "seed": seed, "learning_rate": learning_rate, "sigma": est.sigma_,
+           "passes_per_step": est.passes_per_step_, "total_passes": est.total_passes_,
            "seconds": est.setup_seconds_ + est.train_seconds_}
     if latent_dim <= 2:
         log_p = est.score_samples(X_test)
@@ -129,11 +128,10 @@ def summary(rows: list[dict], args) -> str:
         for d in sorted({r["latent_dim"] for r in is_rows}):
             for method in labels:
                 group = [r for r in is_rows if r["latent_dim"] == d and r["method"] == method]
-                cells = []
-                for p in ("model", "prior"):
-                    cells += [f"{np.median([r[f'is_{p}']['test_log_likelihood'] for r in group]):.1f}",
-                              f"{np.median([r[f'is_{p}']['monte_carlo_se'] for r in group]):.2f}",
-                              f"{np.median([r[f'is_{p}']['median_ess'] for r in group]):.0f}"]
+                cells = [f"{np.median([r[f'is_{p}'][key] for r in group]):{fmt}}"
+                         for p in ("model", "prior")
+                         for key, fmt in (("test_log_likelihood", ".1f"),
+                                          ("monte_carlo_se", ".2f"), ("median_ess", ".0f"))]
                 lines.append(f"| {d} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -167,7 +167,8 @@ def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> li
     if pending:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context) as pool:
-            futures = {pool.submit(_work, runs[i], str(run_dir(out, runs[i])), str(out / "truth")): i
+            truth_cache = str(out / "truth")
+            futures = {pool.submit(_work, runs[i], str(run_dir(out, runs[i])), truth_cache): i
                        for i in pending}
             remaining = set(futures)
             while remaining:

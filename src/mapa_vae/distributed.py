@@ -68,10 +68,8 @@ class Shard:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = self.sum(torch.cat([g.reshape(-1) for g in grads]))
-        offset = 0
-        for p, g in zip(parameters, grads):
-            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
-            offset += g.numel()
+        for p, summed in zip(parameters, flat.split([g.numel() for g in grads])):
+            p.grad = summed.view_as(p)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ from .atoms import (Attachment, candidate_attachments, initial_attachment, least
 from .devices import resolve_device
 from .distributed import Shard
 from .encoders import AmortizedPosterior
-from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
+from .evaluation import (ImportanceEstimate, defensive_mixture, importance_log_marginal,
+                         prior_proposal)
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
 from .model import GenerativeModel
@@ -374,8 +375,8 @@ class MAPADensity(_LatentDensity):
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
                  log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
-                 n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200, project_every=50,
-                 reattach_every=500):
+                 n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200,
+                 project_every=50, reattach_every=500):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
                          distributed)
@@ -522,7 +523,7 @@ class MAPADensity(_LatentDensity):
         """MAPA's mixture: ``q(z | x) = 0.9 Σ_j w̃_j N(z; z_j, s² I) + 0.1 p(z)`` over the
         ``components`` largest MAPA weights of ``x`` (renormalised to ``w̃``) and the atoms ``z_j``
         attached to them; ``s`` is the median distance from an atom to its nearest other atom."""
-        codes = torch.as_tensor(self.objective_.attachment.attached().double().cpu().numpy())
+        codes = self.objective_.attachment.attached().double().cpu()
         prior = self.model_.prior
         s = float(np.median(KDTree(codes.numpy()).query(codes.numpy(), k=2)[0][:, 1]))
         log_norm = -codes.shape[1] * (math.log(s) + 0.5 * math.log(2 * math.pi))
@@ -540,12 +541,12 @@ class MAPADensity(_LatentDensity):
                                                       dtype=torch.float64, generator=generator)
             from_prior = torch.rand(pick.shape, generator=generator) < defensive
             z_prior, _ = prior_proposal(prior)(x, k, generator)
-            z = torch.where(from_prior[..., None], z_prior, z)
-            sq = (z[:, :, None, :] - centres[None]).square().sum(-1)  # (k, n, m)
-            log_mix = torch.logsumexp(torch.log(w)[None] - 0.5 * sq / s**2, dim=-1) + log_norm
-            log_q = torch.logaddexp(math.log(1 - defensive) + log_mix,
-                                    math.log(defensive) + prior.log_prob(z))
-            return z, log_q
+
+            def log_mix(z):
+                sq = (z[:, :, None, :] - centres[None]).square().sum(-1)  # (k, n, m)
+                return torch.logsumexp(torch.log(w)[None] - 0.5 * sq / s**2, dim=-1) + log_norm
+
+            return defensive_mixture(z, z_prior, from_prior, log_mix, prior, defensive)
 
         return draw
 
@@ -567,10 +568,8 @@ class _EncoderDensity(_LatentDensity):
             z, _ = encoder.rsample(loc, scale, k, generator)
             z_prior, _ = prior_proposal(prior)(x, k, generator)
             from_prior = torch.rand(z.shape[:2], generator=generator) < defensive
-            z = torch.where(from_prior[..., None], z_prior, z)
-            log_q = torch.logaddexp(math.log(1 - defensive) + encoder.log_prob(z, loc, scale),
-                                    math.log(defensive) + prior.log_prob(z))
-            return z, log_q
+            return defensive_mixture(z, z_prior, from_prior,
+                                     lambda z: encoder.log_prob(z, loc, scale), prior, defensive)
 
         return draw
 

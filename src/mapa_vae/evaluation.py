@@ -93,6 +93,16 @@ def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal
     return ImportanceEstimate(log_p, se, ess, n_samples)
 
 
+def defensive_mixture(z, z_prior, from_prior, log_q, prior: Prior, share: float):
+    """Draws of ``(1 − share) q(z | x) + share p(z)``: ``z`` where ``from_prior`` is false,
+    ``z_prior`` where it is true (drawn with probability ``share``), and their log-density, with
+    ``log_q(z)`` the own proposal's. The prior's share bounds the weights where ``q`` is too
+    narrow."""
+    z = torch.where(from_prior[..., None], z_prior, z)
+    return z, torch.logaddexp(math.log(1 - share) + log_q(z),
+                              math.log(share) + prior.log_prob(z))
+
+
 def prior_proposal(prior: Prior):
     """The prior as an importance proposal, ``q(z | x) = p(z)``."""
 

@@ -37,7 +37,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 from scipy.spatial.distance import cdist
 
-from .neighbours import ALGORITHMS, NeighbourIndex
+from .neighbours import NeighbourIndex, check_algorithm
 from .validation import as_data, check_positive_int
 
 _MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
@@ -222,9 +222,7 @@ class MAPAPosterior:
         if k == n and n * n > _MAX_DENSE_ENTRIES:
             raise ValueError(f"dense MAPA for {n} samples needs an {n}x{n} matrix; "
                              f"set n_neighbors (e.g. 32) for the sparse form")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown neighbour algorithm {self.algorithm!r}; choose one of "
-                             f"{', '.join(ALGORITHMS)}")
+        check_algorithm(self.algorithm)  # also where the dense form will not search
         if self.bandwidth is not None and self.sigma is not None:
             raise ValueError("give at most one of bandwidth and sigma (sigma sets h = sqrt(2) sigma)")
         for name in ("bandwidth", "sigma"):

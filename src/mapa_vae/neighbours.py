@@ -30,6 +30,14 @@ _KD_TREE_MAX_DIM = 16
 _BLOCK_ENTRIES = 1 << 22  # query rows × max(k × D, N for brute force) per block
 
 
+def check_algorithm(algorithm: str) -> str:
+    """``algorithm`` if it names a neighbour search, else a ``ValueError`` listing them."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown neighbour algorithm {algorithm!r}; choose one of "
+                         f"{', '.join(ALGORITHMS)}")
+    return algorithm
+
+
 def faiss_or_error():
     """The ``faiss`` module, or an ``ImportError`` that says what to install."""
     try:
@@ -54,20 +62,17 @@ class NeighbourIndex:
     """
 
     def __init__(self, X: np.ndarray, algorithm: str = "auto", n_jobs: int = -1):
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown neighbour algorithm {algorithm!r}; choose one of "
-                             f"{', '.join(ALGORITHMS)}")
-        if algorithm == "auto":
+        if check_algorithm(algorithm) == "auto":
             algorithm = "kd_tree" if X.shape[1] <= _KD_TREE_MAX_DIM else "brute"
         self.algorithm = algorithm
         self.X = X
-        self.threads = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
         self.n_jobs = n_jobs
         if algorithm == "kd_tree":
             self._tree = KDTree(X, leafsize=16)
         elif algorithm == "hnsw":
             faiss = faiss_or_error()
-            faiss.omp_set_num_threads(self.threads)
+            threads = (os.cpu_count() or 1) if n_jobs == -1 else max(1, int(n_jobs))
+            faiss.omp_set_num_threads(threads)
             self._hnsw = faiss.IndexHNSWFlat(X.shape[1], 32)
             self._hnsw.hnsw.efConstruction = 80
             self._hnsw.add(np.ascontiguousarray(X, dtype=np.float32))

@@ -196,9 +196,9 @@ class Trainer:
                 self.generative_optimizer.step()
                 if self.inference_optimizer is not None and objective.trains_inference_now():
                     self.inference_optimizer.step()
-                step_passes = self.count_minibatch_passes(
-                    step_passes + (0 if estimate.replicated else estimate.passes))
-                step_passes += estimate.passes if estimate.replicated else 0
+                minibatch, repeated = ((0, estimate.passes) if estimate.replicated
+                                       else (estimate.passes, 0))
+                step_passes = self.count_minibatch_passes(step_passes + minibatch) + repeated
                 self.step += 1
                 step_passes += objective.after_step(self)
                 self.passes += step_passes
