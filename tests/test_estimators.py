@@ -183,11 +183,23 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(sigma=-1.0, steps=2), "sigma must be"),
     (lambda: MAPADensity(latent_dim=0, steps=2), "latent_dim must be a positive integer"),
     (lambda: MAPADensity(prior="cauchy", steps=2), "unknown prior 'cauchy'"),
+    (lambda: VAEDensity(dtype="float16", steps=2), "dtype must be one of"),
 ])
 def test_bad_settings_give_clear_errors(make, message):
     X = np.random.default_rng(0).normal(size=(40, 2))
     with pytest.raises(ValueError, match=message):
         make().fit(X)
+
+
+@pytest.mark.parametrize("method", ["mapa", "vae", "prior-is"])
+def test_training_runs_in_the_asked_floating_point_type(method, circle):
+    _, X, _ = circle
+    est = make_estimator(method, sigma=0.1, steps=3, random_state=0, dtype="float64").fit(X)
+    assert {p.dtype for p in est.objective_.parameters()} == {torch.float64}
+    assert est.trainer_.X.dtype == torch.float64
+    single = make_estimator(method, sigma=0.1, steps=3, random_state=0).fit(X)
+    assert {p.dtype for p in single.objective_.parameters()} == {torch.float32}
+    assert est.score_samples(X[:5]).dtype == np.float64
 
 
 def test_bad_data_gives_clear_errors():

@@ -1,5 +1,6 @@
 """MAPA posterior: normalisation, invariances, sparse versus dense, bandwidth rules, errors."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from scipy.special import logsumexp
 from scipy.stats import special_ortho_group
 
 from mapa_vae import MAPAPosterior
-from mapa_vae.mapa import loo_log_likelihood
+from mapa_vae import mapa as mapa_module
+from mapa_vae.mapa import TruncationWarning, loo_log_likelihood
 
 
 def _data(seed, n=120, d=2):
@@ -204,7 +206,47 @@ def test_query_errors():
 def test_auto_neighbours_is_dense_for_small_data_and_sparse_beyond():
     assert MAPAPosterior(sigma=0.1).fit(_data(14, n=300)).dense_
     big = MAPAPosterior(sigma=0.1).fit(_data(15, n=3000))
-    assert not big.dense_ and big.neighbors_.shape == (3000, 32)
+    assert not big.dense_ and big.neighbors_.shape == (3000, big.n_neighbors_) and \
+        32 <= big.n_neighbors_ < 3000
+
+
+def test_the_lost_weight_is_measured_exactly_and_never_silent():
+    X = _data(4, n=600)  # few enough points that every row is measured
+    with pytest.warns(TruncationWarning) as caught:
+        mapa = MAPAPosterior(n_neighbors=8, sigma=0.5).fit(X)
+    exact = mapa.truncated_mass()
+    np.testing.assert_array_equal(mapa.sampled_rows_, np.arange(600))
+    np.testing.assert_allclose(mapa.sampled_lost_mass_, exact, atol=1e-12)
+    k99 = mapa.neighbors_for_99_
+    message = str(caught[0].message)
+    assert f"lose up to {exact.max():.1%}" in message and f"n_neighbors={k99} would keep" in message
+    # the k it names keeps 99% of every row and is the smallest power of two that does
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enough = MAPAPosterior(n_neighbors=k99, sigma=0.5).fit(X)
+    assert enough.truncated_mass().max() <= 0.01
+    assert MAPAPosterior(n_neighbors=k99 // 2, sigma=0.5).fit(X).truncated_mass().max() > 0.01
+
+
+def test_dense_weights_lose_nothing_and_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mapa = MAPAPosterior(n_neighbors=None, sigma=0.5).fit(_data(5, n=100))
+    assert mapa.sampled_lost_mass_.size == 0 and mapa.n_neighbors_ == 100
+
+
+def test_auto_neighbours_keep_99_percent_within_the_memory_budget(monkeypatch):
+    X = _data(16, n=2500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wide = MAPAPosterior(sigma=0.3).fit(X)  # a wide kernel needs more than 32 neighbours
+    k = wide.n_neighbors_
+    assert k > 32 and k & (k - 1) == 0 and wide.neighbors_.shape == (2500, k)
+    assert wide.truncated_mass().max() <= 0.01
+    monkeypatch.setattr(mapa_module, "_AUTO_MAX_ENTRIES", 2500 * 40)  # room for 40 neighbours
+    with pytest.warns(TruncationWarning, match=f"n_neighbors={k} would keep 99%"):
+        capped = MAPAPosterior(sigma=0.3).fit(X)
+    assert capped.n_neighbors_ == 40
 
 
 def test_accepts_tensors_and_lists():

@@ -99,7 +99,7 @@ def fit(args) -> dict:
                        lr_schedule=args.lr_schedule, learn_sigma=args.learn_sigma, init=args.init,
                        seed=args.seed, log_every=min(args.log_every, args.steps),
                        eval_every=args.eval_every, device=device,
-                       distributed=args.distributed)
+                       distributed=args.distributed, dtype=args.dtype)
     return run(config, args.out if writer else None, progress=writer and not args.quiet)
 
 
@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data-parallel over the processes torchrun starts, e.g. torchrun "
                         "--nproc-per-node=2 -m mapa_vae fit --distributed (gloo on the CPU, "
                         "NCCL with --device cuda: one GPU per process)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="floating-point type of training (evaluation is always float64); "
+                        "float64 makes runs agree across machines and process counts far more "
+                        "closely")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/fit", help="output folder")
     p.set_defaults(run=fit, report=_print_fit)

@@ -37,7 +37,9 @@ from .priors import Prior, make_prior
 from .trainer import Trainer, TrainingConfig, load_torch, save_torch
 from .validation import as_data, check_positive_int
 
-_MODULE_PARAMS = ("decoder", "encoder", "features")  # objects a checkpoint cannot hold
+_MODULE_PARAMS = ("decoder", "encoder", "features")
+#: Floating-point types training can run in (evaluation is always float64).
+TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # objects a checkpoint cannot hold
 _ARRAY_IN_STATE = "<array kept in the checkpoint>"
 
 
@@ -74,7 +76,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False):
+                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
+                 dtype="float32"):
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.prior = prior
@@ -89,6 +92,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         self.verbose = verbose
         self.device = device
         self.distributed = distributed
+        self.dtype = dtype
 
     # --- building ---------------------------------------------------------------------------
     def _seed(self) -> int:
@@ -97,6 +101,12 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         if isinstance(self.random_state, (int, np.integer)):
             return int(self.random_state)
         return int(np.random.default_rng(self.random_state).integers(2**31))
+
+    def _torch_dtype(self) -> torch.dtype:
+        """The floating-point type training runs in (``dtype``: "float32" or "float64")."""
+        if self.dtype not in TRAINING_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(TRAINING_DTYPES)}, got {self.dtype!r}")
+        return TRAINING_DTYPES[self.dtype]
 
     def _build_model(self, X: np.ndarray) -> GenerativeModel:
         latent_dim = check_positive_int(self.latent_dim, "latent_dim")
@@ -108,9 +118,10 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         else:
             raise ValueError(f"decoder must be a torch.nn.Module or None, got "
                              f"{type(self.decoder).__name__}")
-        decoder = decoder.float().to(self.device)
+        dtype = self._torch_dtype()
+        decoder = decoder.to(device=self.device, dtype=dtype)
         with torch.no_grad():
-            out = decoder(torch.zeros(2, latent_dim, device=self.device))
+            out = decoder(torch.zeros(2, latent_dim, device=self.device, dtype=dtype))
         if tuple(out.shape) != (2, X.shape[1]):
             raise ValueError(f"decoder maps (2, {latent_dim}) codes to shape {tuple(out.shape)}; "
                              f"expected (2, {X.shape[1]}) to match the data")
@@ -135,7 +146,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         else:
             raise ValueError(f"encoder must be a torch.nn.Module or None, got "
                              f"{type(encoder).__name__}")
-        return AmortizedPosterior(net.float(), model.prior).to(self.device)
+        return AmortizedPosterior(net.to(self._torch_dtype()), model.prior).to(self.device)
 
     def _make_objective(self, X, model, seed):
         raise NotImplementedError
@@ -143,6 +154,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
     def _check_where(self) -> None:
         """Refuse an absent device or a missing process group before any work is done."""
         resolve_device(self.device)
+        self._torch_dtype()
         if self.distributed:
             Shard.from_process_group()
 
@@ -158,9 +170,10 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = self._build_model(X)
-            objective = self._make_objective(X, model, seed).to(device)
+            objective = self._make_objective(X, model, seed).to(device=device,
+                                                                dtype=self._torch_dtype())
         return Trainer(objective, X, config, progress=self.verbose, device=device,
-                       monitor=monitor, shard=shard)
+                       monitor=monitor, shard=shard, dtype=self._torch_dtype())
 
     # --- the estimator API ------------------------------------------------------------------
     def fit(self, X, y=None, monitor=None):
@@ -238,7 +251,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         Z = as_data(Z, "Z", n_features=self.model_.latent_dim)
         with torch.no_grad():
-            out = self.model_.decoder(torch.as_tensor(Z, dtype=torch.float32, device=self.device))
+            out = self.model_.decoder(torch.as_tensor(Z, dtype=self._torch_dtype(),
+                                                      device=self.device))
         return out.double().cpu().numpy()
 
     @property
@@ -359,6 +373,10 @@ class MAPADensity(_LatentDensity):
         Train as one rank of a data-parallel run (launched by ``torchrun``, process group
         initialised): each rank takes its share of every minibatch and gradients are summed
         over ranks, giving one process's result (:mod:`mapa_vae.distributed`).
+    dtype : {"float32", "float64"}, default="float32"
+        The floating-point type training runs in. ``"float64"`` is slower but rounds about
+        10⁹ times more finely, so results depend far less on summation order (process count,
+        the machine's kernels). Scores are always computed in float64.
 
     Examples
     --------
@@ -376,10 +394,10 @@ class MAPADensity(_LatentDensity):
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
                  log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
                  n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200,
-                 project_every=50, reattach_every=500):
+                 project_every=50, reattach_every=500, dtype="float32"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
-                         distributed)
+                         distributed, dtype)
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.features = features
@@ -563,7 +581,7 @@ class _EncoderDensity(_LatentDensity):
         encoder, prior = self.objective_.encoder, self.model_.prior
 
         def draw(x, k, generator):
-            loc, scale = encoder(x.to(torch.float32).to(self.device))
+            loc, scale = encoder(x.to(device=self.device, dtype=self._torch_dtype()))
             loc, scale = loc.double().cpu(), scale.double().cpu()
             z, _ = encoder.rsample(loc, scale, k, generator)
             z_prior, _ = prior_proposal(prior)(x, k, generator)
@@ -578,7 +596,7 @@ class _EncoderDensity(_LatentDensity):
         check_is_fitted(self, "model_")
         X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
         with torch.no_grad():
-            loc, scale = self.objective_.encoder(torch.as_tensor(X, dtype=torch.float32,
+            loc, scale = self.objective_.encoder(torch.as_tensor(X, dtype=self._torch_dtype(),
                                                                  device=self.device))
         return GaussianPosterior(loc.double().cpu().numpy(), scale.double().cpu().numpy())
 
@@ -592,10 +610,11 @@ class VAEDensity(_EncoderDensity):
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
-                 random_state=None, verbose=False, device="cpu", distributed=False):
+                 random_state=None, verbose=False, device="cpu", distributed=False,
+                 dtype="float32"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
-                         distributed)
+                         distributed, dtype)
         self.encoder = encoder
 
     def _make_objective(self, X, model, seed):
@@ -610,10 +629,11 @@ class IWAEDensity(_EncoderDensity):
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
-                 random_state=None, verbose=False, device="cpu", distributed=False, n_samples=10):
+                 random_state=None, verbose=False, device="cpu", distributed=False, n_samples=10,
+                 dtype="float32"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
-                         distributed)
+                         distributed, dtype)
         self.encoder = encoder
         self.n_samples = n_samples
 
@@ -630,10 +650,10 @@ class LaggingVAEDensity(_EncoderDensity):
                  hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
                  lr_schedule="constant", log_every=100,
                  random_state=None, verbose=False, device="cpu", distributed=False, max_inner=100,
-                 check_every=10):
+                 check_every=10, dtype="float32"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
-                         distributed)
+                         distributed, dtype)
         self.encoder = encoder
         self.max_inner = max_inner
         self.check_every = check_every
@@ -654,10 +674,10 @@ class PriorISDensity(_LatentDensity):
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
                  log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
-                 n_samples=100):
+                 n_samples=100, dtype="float32"):
         super().__init__(decoder, latent_dim, prior, sigma, hidden, steps, batch_size,
                          learning_rate, lr_schedule, log_every, random_state, verbose, device,
-                         distributed)
+                         distributed, dtype)
         self.n_samples = n_samples
 
     def _make_objective(self, X, model, seed):

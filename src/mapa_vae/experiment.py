@@ -73,6 +73,7 @@ class RunConfig:
     n_eval: int = 1000
     device: str = "cpu"  # where training runs; evaluation is on the CPU in float64
     distributed: bool = False  # one rank of a torchrun data-parallel run
+    dtype: str = "float32"  # the floating-point type training runs in
     extra: dict = field(default_factory=dict)  # further estimator parameters
 
     def validate(self) -> "RunConfig":
@@ -133,7 +134,8 @@ def build_estimator(config: RunConfig, truth, Z_train=None):
                   steps=config.steps, batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
                   log_every=config.log_every, device=config.device,
-                  distributed=config.distributed, random_state=_streams(config.seed)[2])
+                  distributed=config.distributed, dtype=config.dtype,
+                  random_state=_streams(config.seed)[2])
     if config.method in SAMPLE_DEFAULTS:
         params["n_samples"] = config.samples or SAMPLE_DEFAULTS[config.method]
     if config.method == "mapa":

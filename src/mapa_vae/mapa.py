@@ -14,7 +14,14 @@ is at least as far as the ``k``-th neighbour ``d_(k)``:
 
     dropped ≤ U / (S_k + U),    U = (N − k) K_h(d_(k)),    S_k = Σ_{kept} K_h,
 
-reported as ``truncation_bound_``; :meth:`MAPAPosterior.truncated_mass` computes it exactly.
+reported as ``truncation_bound_`` (a bound, often loose); :meth:`MAPAPosterior.truncated_mass`
+computes the dropped mass exactly in ``O(N²)``. Every sparse fit also measures it exactly on a
+sample of rows (all rows up to a few thousand points, ``O(N)`` each) for a grid of ``k``, keeps
+the result (``sampled_lost_mass_``, ``neighbors_for_99_``) and warns
+(:class:`TruncationWarning`) when a sampled row loses more than 1% of its weight.
+``n_neighbors="auto"`` is dense up to 2048 points; beyond, it takes the smallest ``k`` (a power of
+two, at least 32) that keeps 99% of every sampled row's weight, within a memory budget of
+``N · k ≤ 2²⁵`` kept entries (about 1 GiB during the fit).
 
 Bandwidth from the data alone (neither ``bandwidth`` nor ``sigma`` given): ``h`` maximises the
 leave-one-out log-likelihood of the Gaussian kernel density estimate,
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -42,7 +50,15 @@ from .validation import as_data, check_positive_int
 
 _MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
 _AUTO_DENSE_MAX = 2048  # n_neighbors="auto": dense (exact) up to this many points
-_AUTO_NEIGHBORS = 32  # n_neighbors="auto": neighbours kept beyond that
+_AUTO_MIN_NEIGHBORS = 32  # n_neighbors="auto": the fewest neighbours kept beyond that
+_AUTO_MAX_ENTRIES = 2**25  # n_neighbors="auto": at most N·k kept entries (about 1 GiB in a fit)
+_CHECK_DISTANCES = 20_000_000  # distances spent measuring the truncation on sampled rows
+_CHECK_MIN_ROWS = 32
+_KEEP = 0.99  # the share of each row's kernel weight a sparse fit should keep
+
+
+class TruncationWarning(UserWarning):
+    """MAPA's sparse weights drop more than 1% of some row's kernel weight."""
 
 
 def kernel_log_weights(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
@@ -102,7 +118,9 @@ class MAPAPosterior:
     ----------
     n_neighbors : int, None or "auto", default="auto"
         Neighbours kept per row, the point itself included. ``None`` keeps every training point
-        (dense, exact; for small ``N``). ``"auto"``: dense up to 2048 points, 32 beyond.
+        (dense, exact; for small ``N``). ``"auto"``: dense up to 2048 points; beyond, the smallest
+        power of two (at least 32) that keeps 99% of the kernel weight of every sampled row,
+        with at most ``2²⁵`` kept entries in all.
     bandwidth : float, optional
         Kernel scale ``h``. Give at most one of ``bandwidth`` and ``sigma``.
     sigma : float, optional
@@ -125,8 +143,17 @@ class MAPAPosterior:
         Column indices kept per row, nearest first (int32 below 2³¹ samples).
     algorithm_ : str
         The neighbour search used (``"dense"`` when every point is kept).
+    n_neighbors_ : int
+        The neighbours kept per row (``n_samples`` when dense).
     truncation_bound_ : ndarray of shape (n_samples,)
-        Upper bound on the weight each row lost to neighbour truncation (zero when dense).
+        Upper bound on the weight each row lost to neighbour truncation (zero when dense); a
+        bound, often far above the exact loss.
+    sampled_rows_, sampled_lost_mass_ : ndarray of shape (n_sampled,)
+        Training rows drawn at random (every row up to a few thousand points) and the exact
+        weight each lost to the truncation (empty when dense).
+    neighbors_for_99_ : int
+        The smallest ``k`` of the form ``2^j`` (or ``n_samples``) that keeps 99% of the weight of
+        every sampled row.
 
     Examples
     --------
@@ -163,13 +190,33 @@ class MAPAPosterior:
             self.index_, self.algorithm_ = None, "dense"
             sqdist = cdist(X, X, "sqeuclidean")
             idx = np.broadcast_to(np.arange(n), (n, n))
+            self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist)
+            self.sampled_rows_, self.sampled_lost_mass_ = np.zeros(0, int), np.zeros(0)
+            self.neighbors_for_99_ = n
         else:
             self.index_ = NeighbourIndex(X, self.algorithm, self.n_jobs)
             self.algorithm_ = self.index_.algorithm
-            sqdist, idx = self.index_.query(X, k, include_self=True)
-        self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(sqdist)
+            probe = None
+            if self.bandwidth is None and self.sigma is None:  # leave-one-out over k neighbours
+                probe = self.index_.query(X, k or _AUTO_MIN_NEIGHBORS, include_self=True)
+                self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(probe[0])
+            else:
+                self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(None)
+            k = self._measure_truncation(k)
+            if probe is not None and probe[0].shape[1] == k:
+                sqdist, idx = probe
+            else:
+                sqdist, idx = self.index_.query(X, k, include_self=True)
+        self.n_neighbors_ = k
         self.neighbors_ = np.ascontiguousarray(idx)
         self.weights_, self.truncation_bound_ = self._weights(sqdist, self.neighbors_)
+        lost = self.sampled_lost_mass_
+        if lost.size and lost.max() > 1 - _KEEP:
+            warnings.warn(
+                f"MAPA's sparse weights with n_neighbors={k} lose up to {lost.max():.1%} of a "
+                f"row's kernel weight (mean {lost.mean():.1%}, measured exactly on "
+                f"{lost.size} rows); n_neighbors={self.neighbors_for_99_} would keep 99%",
+                TruncationWarning, stacklevel=2)
         return self
 
     def query(self, X) -> sparse.csr_matrix:
@@ -211,7 +258,7 @@ class MAPAPosterior:
         if self.n_neighbors is None or (self.n_neighbors == "auto" and n <= _AUTO_DENSE_MAX):
             k = n
         elif self.n_neighbors == "auto":
-            k = _AUTO_NEIGHBORS
+            k = 0  # chosen by _measure_truncation
         else:
             k = check_positive_int(self.n_neighbors, "n_neighbors")
             if k < 2:
@@ -231,13 +278,46 @@ class MAPAPosterior:
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         return k
 
+    def _measure_truncation(self, k: int) -> int:
+        """The exact kernel weight lost by keeping each row's ``k`` nearest points, measured on
+        sampled rows for ``k`` and a grid of powers of two; ``k = 0`` asks for the "auto" choice.
+        Sets ``sampled_rows_``, ``sampled_lost_mass_`` and ``neighbors_for_99_``; returns ``k``."""
+        X = self.X_fit_
+        n = X.shape[0]
+        n_rows = int(np.clip(_CHECK_DISTANCES // n, _CHECK_MIN_ROWS, n))
+        rows = np.sort(np.random.default_rng(0).choice(n, n_rows, replace=False))
+        limit = max(2, min(n - 1, _AUTO_MAX_ENTRIES // n))
+        grid = [2**j for j in range(1, n.bit_length()) if 2**j < n]
+        sizes = sorted({*grid, limit, *([k] if k else [])})
+        kept = np.empty((n_rows, len(sizes)))
+        chunk = max(1, 4_000_000 // n)
+        for start in range(0, n_rows, chunk):
+            block = rows[start:start + chunk]
+            weights = cdist(X[block], X, "sqeuclidean")
+            weights -= weights.min(axis=1, keepdims=True)
+            weights *= -0.5 / self.bandwidth_**2
+            np.exp(weights, out=weights)
+            weights /= weights.sum(axis=1, keepdims=True)
+            largest_first = -np.partition(-weights, [s - 1 for s in sizes], axis=1)
+            kept[start:start + len(block)] = np.cumsum(largest_first, axis=1)[:, [s - 1 for s
+                                                                                  in sizes]]
+        lost = np.clip(1.0 - kept, 0.0, 1.0)
+        enough = [s for s, worst in zip(sizes, lost.max(axis=0)) if worst <= 1 - _KEEP
+                  and s in grid]
+        self.neighbors_for_99_ = enough[0] if enough else n
+        if not k:  # "auto": the fewest that keep 99%, within the memory budget
+            k = min(max(self.neighbors_for_99_, _AUTO_MIN_NEIGHBORS), limit)
+        self.sampled_rows_ = rows
+        self.sampled_lost_mass_ = lost[:, sizes.index(k)]
+        return k
+
     def _choose_bandwidth(self, sqdist: np.ndarray):
         if self.bandwidth is not None:
             return float(self.bandwidth), "bandwidth"
         if self.sigma is not None:
             return math.sqrt(2.0) * float(self.sigma), "sigma"
         n = sqdist.shape[0]
-        if self.dense_:
+        if sqdist.shape[1] == n:
             others = sqdist[~np.eye(n, dtype=bool)].reshape(n, n - 1)
             nearest = others.min(axis=1)
         else:

@@ -78,18 +78,19 @@ class Trainer:
     diagnostics (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
     ``monitor(step, model) -> dict``, if given, adds its numbers to each row (e.g. a test KL); like
     the diagnostics, its time is not training time and its network passes are not counted.
-    ``shard``: this process's rank in a data-parallel run (``None``: one process).
+    ``shard``: this process's rank in a data-parallel run (``None``: one process); ``dtype``: the
+    floating-point type of the data as the objective sees it (the objective's own).
     """
 
     def __init__(self, objective: Objective, X: np.ndarray, config: TrainingConfig,
                  progress: bool = False, device: str | torch.device = "cpu", monitor=None,
-                 shard: Shard | None = None):
+                 shard: Shard | None = None, dtype: torch.dtype = torch.float32):
         self.objective = objective
         self.monitor = monitor
         self.config = config.validate()
         self.device = resolve_device(device)
         self.shard = shard
-        self.X = torch.tensor(X, dtype=torch.float32, device=self.device)
+        self.X = torch.tensor(X, dtype=dtype, device=self.device)
         self.n = self.X.shape[0]
         self.batch_size = min(config.batch_size, self.n)
         self.steps_per_epoch = max(1, self.n // self.batch_size)
