@@ -87,3 +87,14 @@ def test_quick_bench_writes_well_formed_results(tmp_path, capsys):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "| mapa |" in capsys.readouterr().out
     assert not list(out.rglob("*.tmp"))
+
+
+def test_summary_reports_median_seed_range_and_standard_error():
+    from mapa_vae.bench import summarize
+
+    runs = [{"dataset": "circle", "label": "mapa", "test_kl": kl, "test_kl_se": se,
+             "passes_per_step": 100, "total_passes": 1000, "seconds": 1.0}
+            for kl, se in [(0.03, 0.002), (0.01, 0.001), (0.02, 0.004)]]
+    (row,) = summarize(runs)
+    assert (row["test_kl_median"], row["test_kl_min"], row["test_kl_max"]) == (0.02, 0.01, 0.03)
+    assert row["test_kl_se"] == 0.002 and row["seeds"] == 3

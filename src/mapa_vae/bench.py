@@ -185,21 +185,26 @@ def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> li
 
 
 # --- summaries --------------------------------------------------------------------------------
-def _quartiles(values) -> tuple[float, float, float]:
-    q1, median, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
-    return float(median), float(q1), float(q3)
+def _spread(values) -> tuple[float, float, float, float, float]:
+    """Median, quartiles, minimum and maximum over seeds."""
+    v = np.asarray(values, dtype=float)
+    q1, median, q3 = np.percentile(v, [25, 50, 75])
+    return float(median), float(q1), float(q3), float(v.min()), float(v.max())
 
 
 def summarize(results: list[dict]) -> list[dict]:
-    """One row per dataset × method: median and quartiles over seeds."""
+    """One row per dataset × method: median, quartiles and range over seeds of the test KL, and
+    the median of each run's own standard error (its Monte-Carlo error on the test points)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["label"]), []).append(r)
     rows = []
     for (name, label), group in groups.items():
-        kl, kl_q1, kl_q3 = _quartiles([r["test_kl"] for r in group])
+        kl, kl_q1, kl_q3, kl_min, kl_max = _spread([r["test_kl"] for r in group])
         rows.append({"dataset": name, "label": label, "seeds": len(group),
                      "test_kl_median": kl, "test_kl_q1": kl_q1, "test_kl_q3": kl_q3,
+                     "test_kl_min": kl_min, "test_kl_max": kl_max,
+                     "test_kl_se": float(np.median([r["test_kl_se"] for r in group])),
                      "passes_per_step": float(np.median([r["passes_per_step"] for r in group])),
                      "total_passes": float(np.median([r["total_passes"] for r in group])),
                      "seconds": float(np.median([r["seconds"] for r in group]))})
@@ -268,20 +273,24 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
              f"{config.lr_schedule} schedule); "
              f"σ fixed at the truth; 2 × 64 tanh decoder (and encoder); test KL on "
              f"{config.n_test} fresh samples, quadrature. Bench wall time {elapsed:.0f} s.", "",
-             "Test KL in nats: median over seeds [interquartile range]. Passes: network "
-             "evaluations on one input row; seconds: setup (for MAPA: its weights and initial "
-             "attachment) and training, per run, one thread.", ""]
+             "Test KL in nats: median over seeds, its range over seeds [min, max] and the "
+             "median of each run's standard error on its test points; a difference between "
+             "methods smaller than the range is not a ranking. Passes: network evaluations on "
+             "one input row; seconds: setup (for MAPA: its weights and initial attachment) and "
+             "training, per run, one thread.", ""]
     for name in config.datasets:
         group = [r for r in rows if r["dataset"] == name]
         if not group:
             continue
         lines += [f"## {name}", "",
-                  "| method | test KL | IQR | passes / step | total passes | seconds |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | test KL | seeds [min, max] | s.e. | passes / step | total passes "
+                  "| seconds |",
+                  "|---|---|---|---|---|---|---|"]
         for r in sorted(group, key=lambda r: config.methods.index(r["label"])
                         if r["label"] in config.methods else 99):
             lines.append(f"| {r['label']} | {_fmt(r['test_kl_median'])} | "
-                         f"[{_fmt(r['test_kl_q1'])}, {_fmt(r['test_kl_q3'])}] | "
+                         f"[{_fmt(r['test_kl_min'])}, {_fmt(r['test_kl_max'])}] | "
+                         f"{_fmt(r['test_kl_se'])} | "
                          f"{_fmt(r['passes_per_step'])} | {r['total_passes']:,.0f} | "
                          f"{r['seconds']:.1f} |")
         lines.append("")
