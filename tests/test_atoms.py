@@ -293,3 +293,23 @@ def test_local_blocks_partition_the_points_and_move(latent_dim):
             values = np.sort(points[g, 0])
             inside = (points[:, 0] > values[0]) & (points[:, 0] < values[-1])
             assert inside.sum() == len(g) - 2
+
+
+def test_embedding_graph_keeps_the_largest_weights_of_wide_rows():
+    from scipy import sparse
+
+    from mapa_vae.atoms import SPECTRAL_NEIGHBORS, embedding_graph
+
+    rng = np.random.default_rng(0)
+    n, k = 2100, 50
+    data = rng.random((n, k))
+    cols = np.array([rng.choice(n, k, replace=False) for _ in range(n)])
+    W = sparse.csr_matrix((data.ravel(), cols.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    G = embedding_graph(W)
+    assert np.all(np.diff(G.indptr) == SPECTRAL_NEIGHBORS)
+    for i in (0, 7, n - 1):
+        largest = np.argsort(-data[i])[:SPECTRAL_NEIGHBORS]
+        assert set(G[i].indices) == set(cols[i][largest])
+        np.testing.assert_array_equal(np.sort(G[i].data), np.sort(data[i][largest]))
+    small = W[:2000, :2000]
+    assert embedding_graph(small) is not small and (embedding_graph(small) != small).nnz == 0
