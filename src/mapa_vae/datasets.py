@@ -179,6 +179,7 @@ def labels(names: list[str]) -> dict[str, str]:
     if repeated:
         raise ValueError(f"dataset {repeated[0]!r} is given more than once")
     out = {name: label(name) for name in names}
+
     def with_file(spec: str) -> str:
         path_text, _, object_name = spec.rpartition(":")
         return f"{Path(path_text).name}:{object_name}"
