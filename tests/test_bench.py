@@ -201,8 +201,12 @@ def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     runs = BenchConfig(datasets=["absolute-value"], methods=["prior-is-1", "prior-is-500"],
                        seeds=1, steps=200).runs()
     assert bench_module._expected_cost(runs[0]) == bench_module._expected_cost(runs[1])
-    # a new session, so that SIGINT goes to the bench and its workers as Ctrl-C would
-    process = subprocess.Popen([sys.executable, "-m", "mapa_vae", *argv], stdout=subprocess.PIPE,
+    # a new session, so that SIGINT goes to the bench and its workers as Ctrl-C would; Python's
+    # Ctrl-C handler installed explicitly, since a test run in the background inherits SIGINT
+    # ignored (and then so would the bench)
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from mapa_vae.cli import main; sys.exit(main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
