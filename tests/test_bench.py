@@ -1,13 +1,22 @@
 """The benchmark: protocol, resumability, well-formed outputs (not who wins)."""
+import contextlib
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
-from mapa_vae.bench import (METHODS, QUICK, BenchConfig, parse_method, run_bench, run_dir,
-                            summarize, targets)
+from mapa_vae import bench as bench_module
+from mapa_vae.bench import (METHODS, QUICK, BenchConfig, folder_name, parse_method, run_bench,
+                            run_dir, summarize, targets)
 from mapa_vae.cli import main
-from mapa_vae.experiment import LEARNING_RATES
+from mapa_vae.experiment import LEARNING_RATES, RunConfig
 
 TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "seeds": 2,
         "steps": 20, "n_train": 60, "n_test": 50, "eval_every": 10, "n_eval": 20, "jobs": 2}
@@ -98,3 +107,138 @@ def test_summary_reports_median_seed_range_and_standard_error():
     (row,) = summarize(runs)
     assert (row["test_kl_median"], row["test_kl_min"], row["test_kl_max"]) == (0.02, 0.01, 0.03)
     assert row["test_kl_se"] == 0.002 and row["seeds"] == 3
+
+
+# --- file datasets: names and folders ----------------------------------------------------------
+
+@pytest.mark.parametrize("name, folder", [("circle", "circle"), ("swiss-roll", "swiss-roll"),
+                                          ("x", "x"), ("my_truth2", "my_truth2")])
+def test_safe_names_are_their_own_folder(name, folder):
+    assert folder_name(name) == folder
+
+
+@pytest.mark.parametrize("name", ["a.py:x", "/abs/path/a.py:x", "..", ".", "../x", "a b",
+                                  "x (twin)", "ü", "", "-x", "x" * 200])
+def test_other_names_become_one_safe_distinct_folder(name):
+    folder = folder_name(name)
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", folder) and len(folder) <= 64
+    assert folder not in (".", "..") and folder != name
+    assert folder_name(name + "!") != folder
+
+
+FILE_TRUTH = '''
+import torch
+from mapa_vae import GroundTruth
+
+x = GroundTruth("normal", lambda z: torch.cat([z, 0.5 * z ** 2], 1), sigma=0.1)
+'''
+
+
+def test_file_datasets_are_named_in_the_results_and_run_inside_out(tmp_path):
+    """Two files sharing the object name x: rows, tables and folders say which file, and nothing
+    is written beside the files."""
+    files = tmp_path / "files"
+    (files / "other").mkdir(parents=True)
+    a, b = files / "a.py", files / "other" / "b.py"
+    for path in (a, b):
+        path.write_text(FILE_TRUTH)
+    out = tmp_path / "bench"
+    specs = [f"{a}:x", f"{b}:x"]
+    assert main(["bench", "--datasets", *specs, "--methods", "vae", "--seeds", "1", "--steps",
+                 "10", "--n-train", "40", "--n-test", "20", "--eval-every", "0", "--jobs", "2",
+                 "--quiet", "--no-paper-figures", "--out", str(out)]) == 0
+    assert sorted(str(p.relative_to(files)) for p in files.rglob("*")) == [
+        "a.py", "other", "other/b.py"]
+    with open(out / "results.csv") as f:
+        assert [row["dataset"] for row in csv.DictReader(f)] == ["a.py:x", "b.py:x"]
+    summary = (out / "summary.md").read_text()
+    assert "## a.py:x" in summary and "## b.py:x" in summary
+    folders = {folder_name("a.py:x"), folder_name("b.py:x")}
+    assert {p.name for p in (out / "runs").iterdir()} == folders
+    for spec, name in zip(specs, ["a.py:x", "b.py:x"]):
+        metrics = json.loads((out / "runs" / folder_name(name) / "vae" / "seed0" /
+                              "metrics.json").read_text())
+        assert metrics["dataset"] == name and metrics["config"]["dataset"] == spec
+
+
+def test_a_dataset_given_twice_is_refused():
+    with pytest.raises(ValueError, match="dataset 'circle' is given more than once"):
+        BenchConfig(datasets=["circle", "circle"]).runs()
+
+
+# --- progress and Ctrl-C -----------------------------------------------------------------------
+
+class _Counter:
+    """A stand-in for the shared step counter that records every value it takes."""
+
+    def __init__(self):
+        self.values = [0]
+
+    @property
+    def value(self):
+        return self.values[-1]
+
+    @value.setter
+    def value(self, value):
+        self.values.append(value)
+
+    def get_lock(self):
+        return contextlib.nullcontext()
+
+
+def test_a_worker_counts_its_steps_as_they_are_logged_pilot_runs_included(tmp_path, monkeypatch):
+    counter, stop = _Counter(), threading.Event()
+    monkeypatch.setattr(bench_module, "_shared", (counter, stop))
+    config = RunConfig(dataset="circle", n_train=100, n_test=20, steps=60, batch_size=50,
+                       log_every=10, extra={"pilot_steps": 10}).validate()
+    metrics = bench_module._work(config, str(tmp_path / "run"), str(tmp_path / "truth"), "circle")
+    # three candidates' pilots of 10 steps each, then the chosen one's 30 more: 60 in all
+    assert counter.values == [0, 10, 20, 30, 40, 50, 60]
+    assert metrics["dataset"] == "circle" and (tmp_path / "run" / "metrics.json").is_file()
+    stop.set()  # an interrupted bench: a run not yet started is left alone
+    assert bench_module._work(config, str(tmp_path / "later"), str(tmp_path / "truth"),
+                              "circle") is None
+    assert counter.values[-1] == 60 and not (tmp_path / "later").exists()
+
+
+def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "--datasets", "absolute-value", "--methods", "prior-is-1", "prior-is-500",
+            "--seeds", "1", "--steps", "200", "--n-train", "60", "--n-test", "50",
+            "--eval-every", "0", "--jobs", "1", "--no-paper-figures", "--out", str(out)]
+    # one worker takes the runs in order, longest expected first; these two are expected to
+    # cost the same, so the quick one (S = 1) runs first and the slow one (S = 500) is still
+    # running when the first metrics.json appears
+    runs = BenchConfig(datasets=["absolute-value"], methods=["prior-is-1", "prior-is-500"],
+                       seeds=1, steps=200).runs()
+    assert bench_module._expected_cost(runs[0]) == bench_module._expected_cost(runs[1])
+    # a new session, so that SIGINT goes to the bench and its workers as Ctrl-C would; Python's
+    # Ctrl-C handler installed explicitly, since a test run in the background inherits SIGINT
+    # ignored (and then so would the bench)
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from mapa_vae.cli import main; sys.exit(main(sys.argv[1:]))")
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("runs/*/*/*/metrics.json")):  # the quick run has finished
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the bench did not start"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stdout + stderr
+    finished = list(out.glob("runs/*/*/*/metrics.json"))
+    assert [path.parent.parent.name for path in finished] == ["prior-is-1"]
+    assert (f"mapa-vae: interrupted: 1 of 2 runs are finished and kept in {out}; run the same "
+            f"command again to resume") in stderr
+    stamp = finished[0].stat().st_mtime_ns
+    assert main(argv + ["--quiet"]) == 0
+    assert len(list(out.glob("runs/*/*/*/metrics.json"))) == 2
+    assert finished[0].stat().st_mtime_ns == stamp  # kept, not redone
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+    assert not list(out.rglob("*.tmp"))

@@ -1,5 +1,6 @@
 """Command line: the demo writes its results; errors write nothing."""
 import json
+import os
 
 import pytest
 
@@ -50,3 +51,59 @@ def test_argument_errors_exit_with_usage(tmp_path):
         main(["demo", "--n-train", "0", "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", [["demo"], ["fit", "--steps", "5"],
+                                     ["bench", "--quick", "--quiet"], ["figures"]])
+def test_an_output_folder_under_a_file_is_refused_before_any_work(tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    assert main(command + ["--out", str(afile / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"mapa-vae: error: cannot write --out {str(afile / 'sub')!r}: "
+                   f"{str(afile)!r} is a file, not a folder\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_folder_in_a_read_only_folder_is_refused(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["fit", "--steps", "5", "--out", str(locked / "fit")]) == 2
+    assert f"the folder {str(locked)!r} is not writable" in capsys.readouterr().err
+
+
+def test_a_dataset_file_that_fails_to_import_is_one_line(tmp_path, capsys):
+    path = tmp_path / "typo.py"
+    path.write_text("import torch\nx = GroundTruth(\n")
+    assert main(["fit", "--dataset", f"{path}:x", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mapa-vae: error: ground-truth file {str(path)!r} failed to load: "
+                          f"SyntaxError: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+FILE_TRUTHS = '''
+import torch
+from mapa_vae import GroundTruth
+
+x = GroundTruth("normal", lambda z: torch.cat([z, 0.5 * z ** 2], 1), sigma=0.1)
+nan = GroundTruth("normal", lambda z: torch.where(z < 2.5, z, torch.nan), sigma=0.1)
+'''
+
+
+def test_fit_names_a_file_dataset_by_its_object_and_reports_nan_from_f(tmp_path, capsys):
+    path = tmp_path / "truths.py"
+    path.write_text(FILE_TRUTHS)
+    out = tmp_path / "fit"
+    assert main(["fit", "--dataset", f"{path}:x", "--method", "vae", "--steps", "5",
+                 "--n-train", "40", "--n-test", "20", "--quiet", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "x"
+    assert capsys.readouterr().out.startswith("x, vae, seed 0:")
+    assert main(["fit", "--dataset", f"{path}:nan", "--n-train", "2000", "--steps", "5",
+                 "--quiet", "--out", str(tmp_path / "nan")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mapa-vae: error: f of the ground truth 'nan' from {str(path)!r} "
+                          f"produced non-finite values (NaN or inf) for ")
+    assert err.count("\n") == 1 and not (tmp_path / "nan").exists()

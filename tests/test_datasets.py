@@ -394,3 +394,67 @@ def test_twin_codes_give_the_same_data_and_follow_the_prior(name):
 def test_twin_codes_need_a_built_in_name():
     with pytest.raises(ValueError, match="twin codes are known for the built-in"):
         datasets.twin_codes("my.py:thing", np.zeros((2, 1)))
+
+
+# --- report names and loading errors of file datasets ------------------------------------------
+
+def test_a_file_dataset_is_named_by_its_object(tmp_path):
+    path = tmp_path / "plain.py"
+    path.write_text("import torch\nfrom mapa_vae import GroundTruth\n"
+                    "x = GroundTruth('normal', lambda z: torch.cat([z, z ** 3], 1), sigma=0.1)\n")
+    truth = datasets.get(f"{path}:x")
+    assert truth.name == "x" and truth.source == str(path)  # "custom" by default, renamed
+    assert datasets.get(f"{path}:x", twin=False).name == datasets.label(f"{path}:x") == "x"
+    assert datasets.label(f"{path}:x", twin=True) == "x (twin)"
+    assert datasets.label(f"{path}:circle") == "plain.py:circle"  # not the built-in circle
+    assert datasets.label("circle") == "circle" and datasets.label("circle", True) == "circle (twin)"
+
+
+def test_labels_add_the_file_only_where_names_are_shared():
+    assert datasets.labels(["circle", "/a/one.py:x", "/b/two.py:y"]) == {
+        "circle": "circle", "/a/one.py:x": "x", "/b/two.py:y": "y"}
+    assert datasets.labels(["/a/one.py:x", "/b/two.py:x", "/b/two.py:y"]) == {
+        "/a/one.py:x": "one.py:x", "/b/two.py:x": "two.py:x", "/b/two.py:y": "y"}
+    assert datasets.labels(["/a/one.py:x", "/b/one.py:x", "c.py:circle", "circle"]) == {
+        "/a/one.py:x": "/a/one.py:x", "/b/one.py:x": "/b/one.py:x",
+        "c.py:circle": "c.py:circle", "circle": "circle"}
+    with pytest.raises(ValueError, match="dataset 'circle' is given more than once"):
+        datasets.labels(["circle", "spiral", "circle"])
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def broken(:\n", r"'.*bad\.py' failed to load: SyntaxError: .*\(line 1\)$"),
+    ("raise RuntimeError('no data\\nhere')\n",
+     r"'.*bad\.py' failed to load: RuntimeError: no data here$"),
+    ("from mapa_vae import GroundTruth\nx = GroundTruth('normal', sum, sigma=-1)\n",
+     r"'.*bad\.py' failed to load: ValueError: .*sigma"),
+    ("def x():\n    return 1 / 0\n",
+     r"x\(\) in ground-truth file '.*bad\.py' failed: ZeroDivisionError: division by zero$"),
+])
+def test_a_file_that_fails_to_load_is_one_line_naming_it(tmp_path, source, message):
+    path = tmp_path / "bad.py"
+    path.write_text(source)
+    with pytest.raises(ValueError, match=message) as error:
+        datasets.get(f"{path}:x")
+    assert "\n" not in str(error.value)
+
+
+NAN_FILE = '''
+import torch
+from mapa_vae import GroundTruth
+
+# finite where the prior puts nearly all its mass; NaN beyond z = 2.5 (0.6% of draws)
+x = GroundTruth("normal", lambda z: torch.where(z < 2.5, z, torch.nan), sigma=0.1)
+'''
+
+
+def test_a_ground_truth_whose_f_gives_nan_says_so(tmp_path):
+    path = tmp_path / "nan_truth.py"
+    path.write_text(NAN_FILE)
+    truth = datasets.get(f"{path}:x")  # the three draws probed at construction are finite
+    with pytest.raises(ValueError, match=r"f of the ground truth 'x' from '.*nan_truth\.py' "
+                                         r"produced non-finite values \(NaN or inf\) for \d+ of "
+                                         r"5000 latent codes, e\.g\. z = \[2\.[5-9]"):
+        truth.sample(5000, seed=0)
+    with pytest.raises(ValueError, match="f of the ground truth 'x' .* non-finite"):
+        truth.log_prob(np.zeros((3, 1)))  # the quadrature nodes reach beyond 2.5

@@ -236,15 +236,41 @@ def test_pilot_runs_choose_the_attachment_by_the_bound_and_share_the_step_budget
     est.save(tmp_path / "pilot.pt")
     loaded = MAPADensity.load(tmp_path / "pilot.pt")
     assert loaded.attachment_ == est.attachment_ and loaded.pilot_bounds_ == est.pilot_bounds_
+    assert est.attachment_reason_ == ("the highest MAPA bound after 10 pilot steps of each "
+                                      "candidate (coarse, fiedler, angle; see pilot_bounds_)")
+    assert loaded.attachment_reason_ == est.attachment_reason_
     np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))
     longer = MAPADensity.load(tmp_path / "pilot.pt", steps=80)
     assert longer.trainer_.step == 60 and longer.optimizer_steps_ == 80
+
+
+@pytest.mark.parametrize("params, attachment, reason", [
+    ({"steps": 30, "pilot_steps": 10}, "seriation",
+     "pilots skipped: steps=30 leave no room for 3 candidates x 10 pilot steps (that needs "
+     "steps > 30); used the least rough candidate (seriation)"),
+    ({"steps": 20, "pilot_steps": 0}, "seriation",
+     "pilots skipped: pilot_steps=0; used the least rough candidate (seriation)"),
+    ({"steps": 20, "init": "fiedler"}, "fiedler", "init='fiedler'"),
+])
+def test_the_estimator_says_why_pilots_did_not_choose(circle, params, attachment, reason):
+    truth, X, _ = circle
+    est = MAPADensity(sigma=truth.sigma, batch_size=50, random_state=0, **params).fit(X)
+    assert (est.attachment_, est.pilot_bounds_, est.attachment_reason_) == (attachment, {},
+                                                                            reason)
+
+
+def test_one_candidate_needs_no_pilots():
+    X = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.1]])  # too few points for spectral candidates
+    est = MAPADensity(sigma=0.5, steps=5, random_state=0).fit(X)
+    assert (est.attachment_, est.pilot_bounds_) == ("greedy", {})
+    assert est.attachment_reason_ == "no pilots: greedy is the only distinct candidate"
 
 
 def test_given_coordinates_survive_a_checkpoint(circle, tmp_path):
     truth, X, Z = circle
     est = MAPADensity(sigma=truth.sigma, steps=20, init=Z, random_state=0).fit(X)
     assert est.attachment_ == "given" and est.pilot_bounds_ == {}
+    assert est.attachment_reason_ == "init gave coordinates per training point"
     est.save(tmp_path / "given.pt")
     loaded = MAPADensity.load(tmp_path / "given.pt")
     np.testing.assert_array_equal(loaded.init, Z)

@@ -1,12 +1,16 @@
 """The benchmark: every dataset × method × seed under one protocol, on every core, resumable.
 
 Each run is an :func:`mapa_vae.experiment.run` with the same decoder, optimiser, batch, steps and
-``σ`` (fixed at the truth) for every method, written to ``DIR/runs/<dataset>/<method>/seed<k>/``.
-A run whose ``metrics.json`` exists is finished and is not redone (files are written whole or not
-at all, so a killed bench leaves no half-written result); a folder holding results of another
-protocol is refused rather than mixed in. Runs go to worker processes, one PyTorch thread each,
-longest first. The true log-density of each test set (shared by every method of a dataset and
-seed) is computed once and kept in ``DIR/truth/``.
+``σ`` (fixed at the truth) for every method, written to ``DIR/runs/<dataset>/<method>/seed<k>/``,
+where ``<dataset>`` is the dataset's report name (:func:`mapa_vae.datasets.labels`: a file
+dataset ``path/to/file.py:x`` is ``x``) made safe as a folder name (:func:`folder_name`), so
+nothing is written outside ``DIR``. A run whose ``metrics.json`` exists is finished and is not
+redone (files are written whole or not at all, so a killed bench leaves no half-written result);
+a folder holding results of another protocol is refused rather than mixed in. Runs go to worker
+processes, one PyTorch thread each, longest first; the progress bar counts training steps across
+workers as they go. Ctrl-C stops the workers and raises :class:`BenchInterrupted` saying how many
+runs are finished; the same command resumes. The true log-density of each test set (shared by
+every method of a dataset and seed) is computed once and kept in ``DIR/truth/``.
 
 The bench writes ``DIR/results.json`` and ``DIR/results.csv`` (one row per run),
 ``DIR/summary.md`` (median and interquartile range over seeds, and the targets checked as
@@ -14,9 +18,14 @@ measured) and its figures (see :mod:`mapa_vae.figures`).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
+import re
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -83,10 +92,15 @@ class BenchConfig:
     jobs: int = 0  # worker processes; 0: one per core
     device: str = "cpu"  # where each run trains
 
+    def names(self) -> dict[str, str]:
+        """Each dataset's name in the results, by spec (:func:`mapa_vae.datasets.labels`)."""
+        return datasets.labels(self.datasets)
+
     def runs(self) -> list[RunConfig]:
         """One :class:`RunConfig` per dataset × method × seed."""
+        self.names()  # fail early on a dataset given twice
         for name in self.datasets:
-            datasets.get(name)  # fail early on an unknown dataset
+            datasets.get(name)  # fail early on an unknown dataset or a file that fails to load
         if not self.methods:
             raise ValueError("no methods to run")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
@@ -112,8 +126,25 @@ def _log_every(eval_every: int) -> int:
     return max(d for d in range(1, min(100, eval_every) + 1) if eval_every % d == 0)
 
 
-def run_dir(out: Path, config: RunConfig) -> Path:
-    return Path(out) / "runs" / config.dataset / config.label / f"seed{config.seed}"
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+
+
+def folder_name(name: str) -> str:
+    """A dataset's report name as one safe folder name: the name itself when it is made of
+    letters, digits, ``_``, ``-`` and ``.`` (not first) only, else those characters with every
+    other run replaced by ``_`` and a hash of the name added, so distinct names never share a
+    folder and no name is a path."""
+    if _SAFE.fullmatch(name):
+        return name
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:48] or "dataset"
+    return f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def run_dir(out: Path, config: RunConfig, name: str | None = None) -> Path:
+    """``out/runs/<dataset>/<method>/seed<k>``; ``name``: the dataset's report name (default
+    :func:`mapa_vae.datasets.label` of its spec)."""
+    name = datasets.label(config.dataset) if name is None else name
+    return Path(out) / "runs" / folder_name(name) / config.label / f"seed{config.seed}"
 
 
 def protocol(config: dict) -> dict:
@@ -133,13 +164,76 @@ def _finished(path: Path, config: RunConfig) -> dict | None:
     return metrics
 
 
-def _work(config: RunConfig, path: str, truth_cache: str) -> dict:
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the bench: ``finished`` of ``total`` runs are finished and kept (the
+    same command resumes the rest)."""
+
+    def __init__(self, finished: int, total: int):
+        super().__init__(f"{finished} of {total} runs finished")
+        self.finished, self.total = finished, total
+
+
+class _Stopped(BaseException):
+    """Raised in a worker's run when the bench is interrupted: the run is abandoned unwritten."""
+
+
+_shared = None  # in a worker process: (steps counter, stop event), shared with the bench
+
+
+def _init_worker(counter, stop) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's to handle
+    global _shared
+    _shared = (counter, stop)
+
+
+def _work(config: RunConfig, path: str, truth_cache: str, name: str) -> dict | None:
+    """One run in a worker: adds its training steps to the shared counter as they are logged
+    (its ``steps`` in all once finished); ``None`` if the bench was interrupted."""
     import torch
 
     from .experiment import run
 
+    counter, stop = _shared
+    if stop.is_set():
+        return None
     torch.set_num_threads(1)
-    return run(config, path, truth_cache=truth_cache)
+    reported, last = 0, 0
+
+    def add(steps: int) -> None:
+        nonlocal reported
+        steps = min(steps, config.steps - reported)
+        if steps > 0:
+            with counter.get_lock():
+                counter.value += steps
+            reported += steps
+
+    def on_log(step: int) -> None:
+        nonlocal last
+        if stop.is_set():
+            raise _Stopped
+        add(step - last if step > last else step)  # a step below the last: a new pilot run
+        last = step
+
+    try:
+        metrics = run(config, path, truth_cache=truth_cache, name=name, on_log=on_log)
+    except _Stopped:
+        return None
+    add(config.steps)
+    return metrics
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore Ctrl-C while worker processes start, so that they start ignoring it (a disposition
+    kept across exec; Python then installs no KeyboardInterrupt handler in them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _expected_cost(config: RunConfig) -> float:
@@ -148,40 +242,94 @@ def _expected_cost(config: RunConfig) -> float:
     return per_step * config.steps
 
 
+#: Seconds an interrupted bench waits for its workers to leave their runs before ending them.
+STOP_GRACE_SECONDS = 20.0
+
+
 def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> list[dict]:
-    """Run every missing run of the bench in worker processes; return all runs' metrics."""
+    """Run every missing run of the bench in worker processes; return all runs' metrics (each
+    with its dataset's report name). Ctrl-C raises :class:`BenchInterrupted`."""
     out = Path(out)
     runs = config.runs()
+    names = config.names()
     results: dict[int, dict] = {}
     pending = []
     for i, rc in enumerate(runs):
-        done = _finished(run_dir(out, rc), rc)
+        done = _finished(run_dir(out, rc, names[rc.dataset]), rc)
         if done is None:
             pending.append(i)
         else:
-            results[i] = done
+            results[i] = {**done, "dataset": names[rc.dataset]}
     pending.sort(key=lambda i: -_expected_cost(runs[i]))
     jobs = config.jobs or os.cpu_count() or 1
-    bar = tqdm(total=len(runs), initial=len(results), disable=not progress, unit="run",
-               desc="bench", dynamic_ncols=True)
-    if pending:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context) as pool:
-            truth_cache = str(out / "truth")
-            futures = {pool.submit(_work, runs[i], str(run_dir(out, runs[i])), truth_cache): i
-                       for i in pending}
-            remaining = set(futures)
-            while remaining:
-                finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    i = futures[future]
-                    results[i] = future.result()
-                    rc = runs[i]
-                    bar.set_postfix_str(f"{rc.dataset} {rc.label} seed {rc.seed}: "
-                                        f"KL {results[i]['test_kl']:.3g}")
-                    bar.update(1)
-    bar.close()
+    done_steps = sum(runs[i].steps for i in results)
+    bar = tqdm(total=sum(rc.steps for rc in runs), initial=done_steps, disable=not progress,
+               unit="step", desc="bench", dynamic_ncols=True)
+    bar.set_postfix_str(f"{len(results)}/{len(runs)} runs")
+    try:
+        if pending:
+            _run_pending(runs, pending, names, results, out, min(jobs, len(pending)), bar,
+                         done_steps)
+    finally:
+        bar.close()
     return [results[i] for i in range(len(runs))]
+
+
+def _run_pending(runs, pending, names, results, out, jobs, bar, done_steps) -> None:
+    context = multiprocessing.get_context("spawn")
+    counter, stop = context.Value("q", 0), context.Event()
+    truth_cache = str(out / "truth")
+    pool = None
+    try:
+        with _sigint_ignored():  # the workers start now
+            pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                                       initargs=(counter, stop))
+            futures = {}
+            for i in pending:
+                name = names[runs[i].dataset]
+                path = str(run_dir(out, runs[i], name))
+                futures[pool.submit(_work, runs[i], path, truth_cache, name)] = i
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, timeout=0.5 if not bar.disable else None,
+                                       return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = futures[future]
+                results[i] = future.result()
+                rc = runs[i]
+                bar.set_postfix_str(f"{len(results)}/{len(runs)} runs; {names[rc.dataset]} "
+                                    f"{rc.label} seed {rc.seed}: KL {results[i]['test_kl']:.3g}")
+            bar.update(done_steps + counter.value - bar.n)
+    except KeyboardInterrupt:
+        stop.set()
+        if pool is not None:
+            _stop(pool, futures, results)
+            pool = None
+        raise BenchInterrupted(len(results), len(runs)) from None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop(pool: ProcessPoolExecutor, futures: dict, results: dict) -> None:
+    """After Ctrl-C (the stop event set): cancel the runs not started, give the running ones
+    :data:`STOP_GRACE_SECONDS` to leave (or finish), keep what finished, end the rest."""
+    for future in futures:
+        future.cancel()
+    running = [f for f in futures if not f.done()]
+    try:
+        wait(running, timeout=STOP_GRACE_SECONDS)
+    except KeyboardInterrupt:  # a second Ctrl-C: end them now
+        pass
+    for future, i in futures.items():
+        if future.done() and not future.cancelled() and future.exception() is None \
+                and future.result() is not None:
+            results.setdefault(i, future.result())
+    if not all(f.done() for f in futures):
+        # ProcessPoolExecutor has no public way to end its workers before Python 3.14
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --- summaries --------------------------------------------------------------------------------
@@ -278,7 +426,7 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
              "methods smaller than the range is not a ranking. Passes: network evaluations on "
              "one input row; seconds: setup (for MAPA: its weights and initial attachment) and "
              "training, per run, one thread.", ""]
-    for name in config.datasets:
+    for name in config.names().values():
         group = [r for r in rows if r["dataset"] == name]
         if not group:
             continue
@@ -335,7 +483,11 @@ def write_results(config: BenchConfig, results: list[dict], out: str | Path,
 
 
 def bench(config: BenchConfig, out: str | Path, progress: bool = True) -> str:
-    """Run the bench and write its results; returns the summary (Markdown)."""
+    """Run the bench and write its results; returns the summary (Markdown). Ctrl-C raises
+    :class:`BenchInterrupted`."""
     start = time.perf_counter()
     results = run_bench(config, out, progress)
-    return write_results(config, results, out, time.perf_counter() - start)
+    try:
+        return write_results(config, results, out, time.perf_counter() - start)
+    except KeyboardInterrupt:
+        raise BenchInterrupted(len(results), len(results)) from None

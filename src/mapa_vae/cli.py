@@ -13,7 +13,7 @@ import numpy as np
 
 from . import __version__, datasets
 from .evaluation import compare_posteriors
-from .files import save_figure, write_json
+from .files import check_output_folder, save_figure, write_json
 from .mapa import MAPAPosterior
 from .trainer import TrainingDiverged
 
@@ -43,7 +43,7 @@ def demo(args) -> dict:
     fit_seconds = time.perf_counter() - start
     comparison = compare_posteriors(truth, X, Z, X_test, mapa)
     summary = {
-        "dataset": truth.name,
+        "dataset": datasets.label(args.dataset, args.twin),
         "twin": args.twin,
         "seed": args.seed,
         "n_train": args.n_train,
@@ -267,9 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run a command; exit status 0, 2 for bad input (one line on stderr, before any work where
+    it can be known then: the output folder, the dataset), 1 if training diverged, 130 on
+    Ctrl-C (a bench says how many runs are finished; the same command resumes)."""
+    from .bench import BenchInterrupted
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_output_folder(args.out)
         summary = args.run(args)
     except ValueError as error:
         print(f"mapa-vae: error: {error}", file=sys.stderr)
@@ -277,6 +283,13 @@ def main(argv=None) -> int:
     except TrainingDiverged as error:
         print(f"mapa-vae: training failed: {error}", file=sys.stderr)
         return 1
+    except BenchInterrupted as stop:
+        print(f"mapa-vae: interrupted: {stop.finished} of {stop.total} runs are finished and kept "
+              f"in {args.out}; run the same command again to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("mapa-vae: interrupted", file=sys.stderr)
+        return 130
     if getattr(args, "writes", True):  # in a distributed fit, rank 0 alone reports
         args.report(summary, args.out)
     return 0

@@ -20,6 +20,9 @@ swiss-roll      U[0,1]²  (φ cos φ / 10, 2 z₂, φ sin φ / 10), φ = 1.5π(1
 A user's own ground truth lives in a Python file; ``"path/to/file.py:name"`` names an object in it
 that is a :class:`~mapa_vae.GroundTruth` or a function of no arguments returning one. Its twin, if
 asked for, is the object named ``name_twin``. Such a spec is accepted wherever a dataset name is.
+In reports (results, tables, folder names) it goes by ``name`` (:func:`label`; :func:`labels`
+adds the file where two datasets share a name). A file that fails to load is a ``ValueError``
+naming the file and the error.
 """
 from __future__ import annotations
 
@@ -151,24 +154,89 @@ def get(name: str, twin: bool = False) -> GroundTruth:
     return truth
 
 
+def is_file_spec(name) -> bool:
+    """Whether ``name`` is a ``"path/to/file.py:object"`` spec (rather than a built-in name)."""
+    return isinstance(name, str) and ".py:" in name
+
+
+def label(name: str, twin: bool = False) -> str:
+    """The name a dataset goes by in reports: a built-in's own name; for
+    ``"path/to/file.py:x"`` the object's name ``x``, or ``"file.py:x"`` where ``x`` is also a
+    built-in's name. A twin adds ``" (twin)"``."""
+    if is_file_spec(name):
+        path_text, _, object_name = name.rpartition(":")
+        text = f"{Path(path_text).name}:{object_name}" if object_name in BUILT_IN else object_name
+    else:
+        text = name
+    return f"{text} (twin)" if twin else text
+
+
+def labels(names: list[str]) -> dict[str, str]:
+    """Distinct report names for several dataset specs (see :func:`label`), by spec: where two
+    file datasets share an object name each is ``"file.py:x"``, and where those coincide too, the
+    spec as given. A spec given twice is a ``ValueError``."""
+    repeated = [name for name in dict.fromkeys(names) if list(names).count(name) > 1]
+    if repeated:
+        raise ValueError(f"dataset {repeated[0]!r} is given more than once")
+    out = {name: label(name) for name in names}
+
+    def with_file(spec: str) -> str:
+        path_text, _, object_name = spec.rpartition(":")
+        return f"{Path(path_text).name}:{object_name}"
+
+    for qualify in (with_file, lambda spec: spec):
+        taken: dict[str, list[str]] = {}
+        for name, text in out.items():
+            taken.setdefault(text, []).append(name)
+        for group in taken.values():
+            if len(group) > 1:
+                out.update({spec: qualify(spec) for spec in group if is_file_spec(spec)})
+    return out
+
+
 def load_from_file(spec: str, twin: bool = False) -> GroundTruth:
-    """Load ``"path/to/file.py:name"``: a GroundTruth, or a no-argument function returning one."""
+    """Load ``"path/to/file.py:name"``: a GroundTruth, or a no-argument function returning one.
+
+    A truth left with the default name ``"custom"`` is named by :func:`label`. Any error while
+    the file runs (a syntax error, an exception inside, a failing ``GroundTruth``) or while the
+    function is called is a ``ValueError`` naming the file and the error.
+    """
     path_text, _, object_name = spec.rpartition(":")
     path = Path(path_text)
     if not object_name:
         raise ValueError(f"{spec!r} names no object; write 'path/to/file.py:object'")
     if not path.is_file():
         raise ValueError(f"ground-truth file {str(path)!r} does not exist")
-    if twin:
-        object_name = f"{object_name}_twin"
+    attribute = f"{object_name}_twin" if twin else object_name
     module_spec = importlib.util.spec_from_file_location(f"_mapa_user_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, object_name):
-        raise ValueError(f"{str(path)!r} defines no object named {object_name!r}")
-    obj = getattr(module, object_name)
-    truth = obj if isinstance(obj, GroundTruth) else (obj() if callable(obj) else obj)
-    if not isinstance(truth, GroundTruth):
-        raise ValueError(f"{object_name!r} in {str(path)!r} is not a GroundTruth (nor a function "
-                         f"returning one); got {type(truth).__name__}")
-    return truth
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        raise ValueError(f"ground-truth file {str(path)!r} failed to load: "
+                         f"{_one_line(error)}") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"{str(path)!r} defines no object named {attribute!r}")
+    obj = getattr(module, attribute)
+    if not isinstance(obj, GroundTruth) and callable(obj):
+        try:
+            obj = obj()
+        except Exception as error:
+            raise ValueError(f"{attribute}() in ground-truth file {str(path)!r} failed: "
+                             f"{_one_line(error)}") from None
+    if not isinstance(obj, GroundTruth):
+        raise ValueError(f"{attribute!r} in {str(path)!r} is not a GroundTruth (nor a function "
+                         f"returning one); got {type(obj).__name__}")
+    if obj.name == "custom":
+        obj.name = label(spec, twin)
+    obj.source = str(path)
+    return obj
+
+
+def _one_line(error: BaseException) -> str:
+    """``"SomeError: message"`` on one line (a syntax error with its line number)."""
+    if isinstance(error, SyntaxError) and error.lineno is not None:
+        text = f"{error.msg} (line {error.lineno})"
+    else:
+        text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

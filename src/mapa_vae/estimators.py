@@ -378,6 +378,18 @@ class MAPADensity(_LatentDensity):
         10⁹ times more finely, so results depend far less on summation order (process count,
         the machine's kernels). Scores are always computed in float64.
 
+    Attributes
+    ----------
+    attachment_ : str
+        The initial attachment used: a candidate's name, ``"seriation"``, ``"random"`` or
+        ``"given"``.
+    pilot_bounds_ : dict
+        The MAPA bound of each candidate after its pilot run; empty when no pilots ran.
+    attachment_reason_ : str
+        Why ``attachment_`` was used, in words: the pilots' choice, or why they did not run (a
+        single candidate, ``pilot_steps=0``, too few ``steps`` for every candidate's pilot, an
+        ``init`` other than ``"auto"``).
+
     Examples
     --------
     >>> from mapa_vae import MAPADensity, datasets
@@ -433,12 +445,19 @@ class MAPADensity(_LatentDensity):
         candidates = self._candidates(F, prior, seed)
         pilot = int(self.pilot_steps)
         budget = check_positive_int(self.steps, "steps") - (len(candidates) - 1) * pilot
+        self.attachment_reason_ = self._reason_without_pilots(candidates)
         if len(candidates) > 1 and (pilot == 0 or budget <= pilot):
+            why = ("pilot_steps=0" if pilot == 0 else
+                   f"steps={self.steps} leave no room for {len(candidates)} candidates x {pilot} "
+                   f"pilot steps (that needs steps > {len(candidates) * pilot})")
             if prior.latent_dim > 1:
                 candidates = {"isomap": candidates["isomap"]}
+                rule = "isomap, the default above one latent dimension"
             else:
                 Y = np.asarray(self.mapa_.weights_ @ F)
                 candidates = {"seriation": least_rough(candidates, Y, self._atoms)}
+                rule = "the least rough candidate (seriation)"
+            self.attachment_reason_ = f"pilots skipped: {why}; used {rule}"
         self.setup_seconds_ = time.perf_counter() - start
         self.pilot_bounds_ = {}
         if len(candidates) == 1:
@@ -449,6 +468,14 @@ class MAPADensity(_LatentDensity):
         trainer.fit()
         self._finish(X, trainer)
         return self
+
+    def _reason_without_pilots(self, candidates: dict) -> str:
+        """Why the attachment is what it is without pilots (``attachment_reason_``)."""
+        if not isinstance(self.init, str):
+            return "init gave coordinates per training point"
+        if self.init != "auto":
+            return f"init={self.init!r}"
+        return f"no pilots: {next(iter(candidates))} is the only distinct candidate"
 
     def _representation(self, X, seed) -> np.ndarray:
         """The data as MAPA sees them: ``X``, or its ``features`` (fitted here, kept as
@@ -504,6 +531,8 @@ class MAPADensity(_LatentDensity):
             bounds[name] = float(bound.value)
         self.pilot_bounds_ = bounds
         self.attachment_ = max(bounds, key=bounds.get)
+        self.attachment_reason_ = (f"the highest MAPA bound after {self.pilot_steps} pilot steps "
+                                   f"of each candidate ({', '.join(bounds)}; see pilot_bounds_)")
         best = trainers.pop(self.attachment_)
         for i, row in enumerate(best.history):  # rows logged during the pilot: all candidates'
             row["passes"] += sum(t.history[i]["passes"] for t in trainers.values())
@@ -523,11 +552,13 @@ class MAPADensity(_LatentDensity):
 
     def _extra_state(self) -> dict:
         return {"attachment": json.dumps({"name": self.attachment_,
-                                          "pilot_bounds": self.pilot_bounds_})}
+                                          "pilot_bounds": self.pilot_bounds_,
+                                          "reason": self.attachment_reason_})}
 
     def _restore(self, state: dict) -> None:
         saved = json.loads(state["attachment"])
         self.attachment_, self.pilot_bounds_ = saved["name"], saved["pilot_bounds"]
+        self.attachment_reason_ = saved.get("reason", "not recorded in this checkpoint")
 
     def posterior(self, X) -> DiscretePosterior:
         """MAPA over training indices for each row of ``X`` and the attached codes."""

@@ -175,23 +175,30 @@ def true_log_prob(truth, X_test: np.ndarray, cache: str | Path | None = None) ->
 
 
 def run(config: RunConfig, out: str | Path | None = None, progress: bool = False,
-        truth_cache: str | Path | None = None) -> dict:
+        truth_cache: str | Path | None = None, name: str | None = None,
+        on_log=None) -> dict:
     """Fit one method on one dataset and seed; return its metrics and, given ``out``, write
     ``metrics.json``, ``history.csv``, ``checkpoint.pt`` and ``fit.png`` there.
-    ``truth_cache``: a folder for the test sets' true log-densities (:func:`true_log_prob`)."""
+    ``truth_cache``: a folder for the test sets' true log-densities (:func:`true_log_prob`).
+    ``name``: the dataset's name in the metrics (default :func:`mapa_vae.datasets.label`).
+    ``on_log(step)``, if given, is called at every logged step of every training loop of the
+    fit (MAPA's pilot runs each count from 0), outside the training time."""
     config.validate()
     truth = datasets.get(config.dataset, twin=config.twin)
+    name = datasets.label(config.dataset, config.twin) if name is None else name
     X, Z, X_test = sample_data(config, truth)
     log_p_true = true_log_prob(truth, X_test, truth_cache)
     estimator = build_estimator(config, truth, Z).set_params(verbose=progress)
 
     monitor = None
-    if config.eval_every:
+    if config.eval_every or on_log is not None:
         nodes = MONITOR_NODES.get(truth.latent_dim)
         X_eval, log_p_eval = X_test[:config.n_eval], log_p_true[:config.n_eval]
 
         def monitor(step: int, model) -> dict:
-            if step % config.eval_every:
+            if on_log is not None:
+                on_log(step)
+            if not config.eval_every or step % config.eval_every:
                 return {}
             return {"test_kl": float(np.mean(log_p_eval - model.log_prob(X_eval, nodes)))}
 
@@ -201,7 +208,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
     diff = log_p_true - estimator.score_samples(X_test)
     history = estimator.history_
     metrics = {
-        "dataset": truth.name, "method": config.method, "label": config.label,
+        "dataset": name, "method": config.method, "label": config.label,
         "seed": config.seed,
         "test_kl": float(diff.mean()),
         "test_kl_se": float(diff.std(ddof=1) / math.sqrt(diff.size)),
@@ -236,7 +243,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
 
         out = Path(out)
         with torch.no_grad():
-            fig = fit_overview(truth, X, estimator, title=f"{truth.name}: {config.label}")
+            fig = fit_overview(truth, X, estimator, title=f"{name}: {config.label}")
         estimator.save(out / "checkpoint.pt")
         write_csv(out / "history.csv", history)
         save_figure(fig, out / "fit.png")

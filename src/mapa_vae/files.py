@@ -12,6 +12,26 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def check_output_folder(path, option: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be made or written: ``path`` must
+    be a writable folder, or not exist under a writable folder. Creates nothing. Raises
+    ``ValueError`` naming ``option``, the path and the problem."""
+    path = Path(path)
+    problem = None
+    for parent in (path, *path.parents):
+        if not os.path.lexists(parent):
+            continue
+        if not parent.is_dir():
+            problem = (f"{str(parent)!r} is a file, not a folder" if parent.exists()
+                       else f"{str(parent)!r} is a broken link")
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"the folder {str(parent)!r} is not writable"
+        break
+    if problem is not None:
+        raise ValueError(f"cannot write {option} {str(path)!r}: {problem}")
+    return path
+
+
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)

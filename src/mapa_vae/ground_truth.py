@@ -55,6 +55,7 @@ class GroundTruth:
         self.sigma = check_sigma(sigma)
         self.f = f
         self.name = name
+        self.source = None  # the file it came from (set by mapa_vae.datasets.load_from_file)
         self.nodes_per_dim = nodes_per_dim
         probe = self.mean(self.prior.sample(3, random_state=0))
         self.data_dim = probe.shape[1]
@@ -64,7 +65,9 @@ class GroundTruth:
                 f"data_dim={self.data_dim})")
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``f(z)`` as a float64 tensor of shape ``(n, D)``; checks the shape ``f`` returns."""
+        """``f(z)`` as a float64 tensor of shape ``(n, D)``; checks the shape ``f`` returns and
+        that it has no NaN (an infinite mean is a zero likelihood: a quadrature node far in a
+        tail may give one)."""
         out = self.f(z)
         if not isinstance(out, torch.Tensor):
             out = torch.as_tensor(np.asarray(out))
@@ -74,12 +77,27 @@ class GroundTruth:
         if out.ndim != 2 or out.shape[0] != z.shape[0]:
             raise ValueError(f"f returned shape {tuple(out.shape)} for {z.shape[0]} latent codes; "
                              f"expected ({z.shape[0]}, D)")
+        self._check_values(z, out, ~torch.isnan(out).any(dim=1))
         return out
 
+    def _check_values(self, z: torch.Tensor, out: torch.Tensor, good: torch.Tensor) -> None:
+        """A ``ValueError`` naming this truth (and its file) where ``f`` gave bad values."""
+        if bool(good.all()):
+            return
+        bad = (~good).nonzero()[:, 0]
+        where = f" from {self.source!r}" if getattr(self, "source", None) else ""
+        raise ValueError(f"f of the ground truth {self.name!r}{where} produced non-finite values "
+                         f"(NaN or inf) for {bad.numel()} of {z.shape[0]} latent codes, e.g. "
+                         f"z = {z[bad[0]].tolist()}")
+
     def mean(self, Z) -> np.ndarray:
-        """``f(Z)`` for latent codes ``Z`` of shape ``(n, latent_dim)``."""
+        """``f(Z)`` for latent codes ``Z`` of shape ``(n, latent_dim)``; a ``ValueError`` if any
+        value is NaN or infinite."""
         Z = as_data(Z, "Z", n_features=self.latent_dim)
-        return self.decode(torch.from_numpy(Z)).numpy()
+        z = torch.from_numpy(Z)
+        out = self.decode(z)
+        self._check_values(z, out, torch.isfinite(out).all(dim=1))
+        return out.numpy()
 
     def sample(self, n: int, seed=None):
         """Draw ``n`` points: returns ``(X, Z)`` of shapes ``(n, D)`` and ``(n, latent_dim)``."""
