@@ -54,6 +54,7 @@ def test_every_run_shares_the_protocol():
         BenchConfig(datasets=["nope"]).runs()
 
 
+@pytest.mark.slow
 def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
     config = BenchConfig(**TINY)
     first = run_bench(config, tmp_path, progress=False)
@@ -76,6 +77,7 @@ def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
     assert checks[0]["best_baseline"] == "prior-is-20"
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_well_formed_results(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "--quick", "--quiet", "--no-paper-figures", "--out", str(out)]) == 0
@@ -134,6 +136,7 @@ x = GroundTruth("normal", lambda z: torch.cat([z, 0.5 * z ** 2], 1), sigma=0.1)
 '''
 
 
+@pytest.mark.slow
 def test_file_datasets_are_named_in_the_results_and_run_inside_out(tmp_path):
     """Two files sharing the object name x: rows, tables and folders say which file, and nothing
     is written beside the files."""
@@ -201,6 +204,7 @@ def test_a_worker_counts_its_steps_as_they_are_logged_pilot_runs_included(tmp_pa
     assert counter.values[-1] == 60 and not (tmp_path / "later").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "--datasets", "absolute-value", "--methods", "prior-is-1", "prior-is-500",
