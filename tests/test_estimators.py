@@ -8,6 +8,7 @@ from mapa_vae import datasets, test_kl
 from mapa_vae.estimators import (ESTIMATORS, DiscretePosterior, GaussianPosterior, IWAEDensity,
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
                                  VAEDensity, make_estimator)
+from mapa_vae.objectives import GaussianCodesBound, MAPABound
 
 SMALL = {"steps": 3, "batch_size": 10, "log_every": 1, "random_state": 0}
 
@@ -72,7 +73,7 @@ def test_prior_proposal_posterior_matches_the_linear_gaussian_closed_form():
 
 def test_mapa_posterior_is_a_mixture_of_the_learned_gaussian_codes(circle):
     truth, X, _ = circle
-    est = MAPADensity(sigma=truth.sigma, steps=20, random_state=0).fit(X)
+    est = MAPADensity(sigma=truth.sigma, steps=20, codes="gaussian", random_state=0).fit(X)
     post = est.posterior(X[:7])
     assert isinstance(post, MixturePosterior)
     assert post.weights.shape == (7, 300) and post.loc.shape == post.scale.shape == (300, 1)
@@ -80,7 +81,7 @@ def test_mapa_posterior_is_a_mixture_of_the_learned_gaussian_codes(circle):
     np.testing.assert_allclose(post.mean(), post.weights @ post.loc)
     assert (post.scale > 0).all()
     # trained with the identity, the codes differ; the query still answers with MAPA's weights
-    ablation = make_estimator("mapa-identity", sigma=truth.sigma, steps=20,
+    ablation = make_estimator("mapa-identity", codes="gaussian", sigma=truth.sigma, steps=20,
                               random_state=0).fit(X)
     assert ablation.weights == "identity"
     assert (ablation.posterior(X[:7]).weights != post.weights).nnz == 0
@@ -89,7 +90,7 @@ def test_mapa_posterior_is_a_mixture_of_the_learned_gaussian_codes(circle):
 
 def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
     truth, X, _ = circle
-    est = MAPADensity(sigma=truth.sigma, steps=20, codes="atoms", random_state=0).fit(X)
+    est = MAPADensity(sigma=truth.sigma, steps=20, random_state=0).fit(X)  # 1-D: atoms
     post = est.posterior(X[:7])
     assert isinstance(post, DiscretePosterior)
     assert post.weights.shape == (7, 300)
@@ -105,7 +106,7 @@ def test_pass_counts_follow_the_method(circle):
               "random_state": 0}
     mapa = MAPADensity(project_every=0, reattach_every=0, codes="atoms", **common).fit(X)
     assert mapa.total_passes_ == 12 * 50
-    assert MAPADensity(**common).fit(X).total_passes_ == 12 * 50  # Gaussian codes
+    assert MAPADensity(codes="gaussian", **common).fit(X).total_passes_ == 12 * 50
     mapa = MAPADensity(project_every=5, reattach_every=4, codes="atoms", **common).fit(X)
     assert mapa.total_passes_ == 12 * 50 + 3 * 300  # 3 re-attachments decode every atom
     assert VAEDensity(**common).fit(X).total_passes_ == 12 * 2 * 50
@@ -205,7 +206,7 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(sigma=-1.0, steps=2), "sigma must be"),
     (lambda: MAPADensity(latent_dim=0, steps=2), "latent_dim must be a positive integer"),
     (lambda: MAPADensity(prior="cauchy", steps=2), "unknown prior 'cauchy'"),
-    (lambda: MAPADensity(codes="points", steps=2), "codes must be 'gaussian' or 'atoms'"),
+    (lambda: MAPADensity(codes="points", steps=2), "codes must be 'auto', 'gaussian' or"),
     (lambda: MAPADensity(weights="knn", steps=2), "weights must be 'mapa' or 'identity'"),
     (lambda: MAPADensity(code_scale=0.0, steps=2), "code_scale must be a positive number"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
@@ -214,6 +215,17 @@ def test_bad_settings_give_clear_errors(make, message):
     X = np.random.default_rng(0).normal(size=(40, 2))
     with pytest.raises(ValueError, match=message):
         make().fit(X)
+
+
+def test_codes_follow_the_latent_dimension_unless_given():
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    fit = {"sigma": 0.5, "steps": 2, "batch_size": 20, "random_state": 0}
+    assert isinstance(MAPADensity(**fit).fit(X).objective_, MAPABound)
+    assert isinstance(MAPADensity(latent_dim=2, **fit).fit(X).objective_, GaussianCodesBound)
+    assert isinstance(make_estimator("mapa-atoms", latent_dim=2, **fit).fit(X).objective_,
+                      MAPABound)
+    assert isinstance(make_estimator("mapa-gaussian", **fit).fit(X).objective_,
+                      GaussianCodesBound)
 
 
 def test_bad_data_gives_clear_errors():

@@ -116,6 +116,8 @@ def _print_fit(metrics: dict, out: str) -> None:
             ("sigma", f"{metrics['sigma']:.4g} (true {metrics['true_sigma']:.4g})")]
     if "gap" in metrics:
         rows.append(("MAPA bound / its gap", f"{metrics['bound']:.4f} / {metrics['gap']:.4f}"))
+    elif "bound" in metrics:
+        rows.append(("MAPA bound", f"{metrics['bound']:.4f}"))
     for name, value in rows:
         print(f"  {name:<26}{value}")
     print(f"wrote metrics.json, history.csv, checkpoint.pt and fit.png in {out}")
