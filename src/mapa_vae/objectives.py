@@ -18,6 +18,9 @@ re-attachment), so passes are counted where they happen: ``before_step``'s as mi
                 − N log N + H(W),
 
   so a minibatch of ``B`` atom indices costs ``B`` decoder passes, whatever the neighbour count.
+* :class:`GaussianCodesBound` (no encoder): the same fixed ``W`` as the mixture posterior
+  ``q(z | x_i) = Σ_n W_in N(μ_n, diag s_n²)`` of the continuous model over learned per-index
+  Gaussian codes; a lower bound on ``log p_θ(x_i)`` itself, ``B`` decoder passes per step.
 * :class:`ELBO`: ``E_q[log p(x | z)] − KL(q ‖ p)`` with one sample (closed-form KL for the
   Gaussian prior, Monte Carlo for the logit-normal); ``2B`` passes.
 * :class:`IWAEBound`: ``E[log (1/S) Σ_s p(x, z_s) / q(z_s | x)]``; ``B(1 + S)`` passes.
