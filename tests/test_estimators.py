@@ -241,14 +241,15 @@ def test_given_coordinates_survive_a_checkpoint(circle, tmp_path):
 
 @pytest.mark.parametrize("cls", [MAPADensity, VAEDensity, PriorISDensity])
 def test_importance_sampling_agrees_with_quadrature(cls):
-    """In a 2-D latent space quadrature is exact, so each method's own proposal (MAPA's mixture,
-    the encoder, the prior) must reproduce it within its standard error."""
+    """In a 2-D latent space quadrature is exact, so the one evaluator (proposals fitted to each
+    point) and each method's own proposal (MAPA's mixture, the encoder, the prior) must
+    reproduce it within their standard errors."""
     truth = datasets.get("swiss-roll")
     X, _ = truth.sample(300, seed=0)
     est = cls(sigma=truth.sigma, latent_dim=2, prior="uniform", steps=150, batch_size=50,
               random_state=0).fit(X)
     exact = est.score_samples(X[:12])
-    for proposal in ("model", "prior"):
+    for proposal in ("fitted", "model", "prior"):
         estimate = est.log_likelihood(X[:12], n_samples=4000, proposal=proposal, random_state=1)
         assert estimate.log_prob.shape == estimate.se.shape == (12,)
         assert (estimate.ess > 1).all() and (estimate.ess <= 4000 + 1e-6).all()
