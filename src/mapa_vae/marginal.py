@@ -16,9 +16,12 @@ normal prior, ``Φ`` for the uniform one). Everything below works in ``u``.
 **Proposal fitted to each point** (per-point variational inference). For each ``x``:
 
 1. ``restarts`` Gaussians ``N(m_r, L_r L_rᵀ)`` (full covariance, ``L_r`` lower triangular with a
-   positive diagonal); restart ``r`` starts at the best (by ``log p(u) + log N(x; f(T(u)), σ² I)``)
-   of ``init_draws`` prior draws of its own, with ``L_r = 0.1 I``: distinct starts let distinct
-   restarts settle in distinct posterior modes;
+   positive diagonal), started at ``L_r = 0.1 I`` and at ``R`` distinct draws among
+   ``start_draws`` prior draws ``u_j``: the one of highest
+   ``log p(u_j) + log N(x; f(T(u_j)), σ² I)`` and ``R − 1`` resampled with probabilities
+   ``∝ N(x; f(T(u_j)), σ² I)`` without replacement (importance resampling: starts spread over
+   the posterior's modes in proportion to their mass where the prior draws reach them, so
+   distinct restarts settle in distinct modes);
 2. each is fitted by ``fit_steps`` Adam steps (learning rate cosine-annealed from
    ``learning_rate`` to zero) on its ELBO, ``E_q[log p(u) + log p(x | u)] + H[q]``, with
    ``fit_samples`` reparameterised samples per step and the entropy in closed form
@@ -33,9 +36,9 @@ normal prior, ``Φ`` for the uniform one). Everything below works in ``u``.
 stochastic lower bound that is biased low by about ``se²/2``; ``se = sd(w) / (√K mean(w))`` is
 its delta-method standard error and ``(Σ w)² / Σ w²`` its effective sample size (of ``K``).
 
-**Cost.** ``R (init_draws + fit_steps · fit_samples)`` decoder passes with gradients for the fit
-and ``K`` without, per point; reported with the wall-clock seconds in the result. The decoder
-must give gradients with respect to its input (a function written with NumPy does not): the
+**Cost.** ``start_draws + R · fit_steps · fit_samples`` decoder passes for the fit (those of the
+steps with gradients) and ``K`` for the estimate, per point; reported with the wall-clock
+seconds in the result. The decoder must give gradients with respect to its input (a function written with NumPy does not): the
 fit needs them, and a decoder without them is refused with an error that says so.
 
 Deterministic given ``seed`` (a seeded torch generator; CPU, float64), for a fixed thread count.
@@ -107,16 +110,25 @@ class _Target:
         return log_normal_from_sqdist(sq, self.sigma, x.shape[-1]) + _log_std_normal(u)
 
 
-def _fit(target: _Target, x, d: int, restarts: int, init_draws: int, steps: int, samples: int,
-         learning_rate: float, generator):
+def _fit(target: _Target, x, d: int, restarts: int, start_draws: int, steps: int,
+         samples: int, learning_rate: float, generator):
     """Per-point, per-restart Gaussians: locations ``(n, R, d)`` and lower-triangular scale
     factors ``(n, R, d, d)`` (covariance ``L Lᵀ``)."""
     n = x.shape[0]
     with torch.no_grad():
-        u0 = torch.randn((init_draws, n, restarts, d), dtype=torch.float64, generator=generator)
-        log_joint = target(u0, x[:, None, :].expand(n, restarts, -1))  # (init_draws, n, R)
-        best = log_joint.argmax(0)  # (n, R)
-        start = torch.gather(u0, 0, best[None, :, :, None].expand(1, n, restarts, d))[0]
+        u0 = torch.randn((start_draws, n, d), dtype=torch.float64, generator=generator)
+        log_joint = target(u0, x).T  # (n, start_draws)
+        best = log_joint.argmax(1, keepdim=True)
+        log_lik = log_joint - _log_std_normal(u0).T
+        # the others by resampling ∝ p(u | x) without replacement (a floor lets every draw be
+        # chosen when the weights underflow)
+        probs = torch.softmax(log_lik, 1).clamp_min(1e-30).scatter(1, best, 0.0)
+        chosen = best
+        if restarts > 1:
+            others = torch.multinomial(probs, restarts - 1, replacement=False,
+                                       generator=generator)
+            chosen = torch.cat([best, others], 1)  # (n, R)
+        start = u0.permute(1, 0, 2)[torch.arange(n)[:, None], chosen]
     loc = start.clone().requires_grad_(True)
     log_diag = torch.full_like(start, math.log(0.1)).requires_grad_(True)
     lower = torch.zeros(n, restarts, d, d, dtype=torch.float64, requires_grad=True)
@@ -140,8 +152,8 @@ def _fit(target: _Target, x, d: int, restarts: int, init_draws: int, steps: int,
 
 
 def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
-                          restarts: int = 4, init_draws: int = 64, fit_steps: int = 300,
-                          fit_samples: int = 8, learning_rate: float = 0.05, widen: float = 1.2,
+                          restarts: int = 8, start_draws: int = 256, fit_steps: int = 200,
+                          fit_samples: int = 4, learning_rate: float = 0.05, widen: float = 1.2,
                           defensive: float = 0.1, seed=0,
                           rows_per_chunk: int = 64) -> ImportanceEstimate:
     """``log p(x)`` per row of ``X`` by importance sampling from a proposal fitted to each point.
@@ -158,9 +170,10 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     X : array-like of shape (n, D)
     n_samples : int, default=2000
         Importance samples ``K`` per point.
-    restarts, init_draws, fit_steps, fit_samples, learning_rate, widen, defensive
-        The proposal (module docstring): ``R`` fits, the prior draws each starts from, Adam
-        steps, samples per step, peak learning rate, scale widening ``c``, prior share ``ε``.
+    restarts, start_draws, fit_steps, fit_samples, learning_rate, widen, defensive
+        The proposal (module docstring): ``R`` fits, the prior draws their starts are chosen
+        from, Adam steps, samples per step, peak learning rate, scale widening ``c``, prior
+        share ``ε``.
     seed : int, default=0
         Seeds every draw; the result is a function of the seed.
 
@@ -183,7 +196,9 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     start_time = time.perf_counter()
     n_samples = check_positive_int(n_samples, "n_samples")
     restarts = check_positive_int(restarts, "restarts")
-    init_draws = check_positive_int(init_draws, "init_draws")
+    start_draws = check_positive_int(start_draws, "start_draws")
+    if start_draws < restarts:
+        raise ValueError(f"start_draws ({start_draws}) must be at least restarts ({restarts})")
     fit_steps = check_positive_int(fit_steps, "fit_steps")
     fit_samples = check_positive_int(fit_samples, "fit_samples")
     rows_per_chunk = check_positive_int(rows_per_chunk, "rows_per_chunk")
@@ -204,7 +219,7 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
         rows = slice(first, min(len(X), first + rows_per_chunk))
         x = x_all[rows]
         with torch.enable_grad():
-            loc, factor = _fit(target, x, d, restarts, init_draws, fit_steps, fit_samples,
+            loc, factor = _fit(target, x, d, restarts, start_draws, fit_steps, fit_samples,
                                learning_rate, generator)
         with torch.no_grad():
             log_w = _importance_weights(target, x, loc, widen * factor, n_samples, defensive,
