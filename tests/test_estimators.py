@@ -283,18 +283,19 @@ def test_given_coordinates_survive_a_checkpoint(circle, tmp_path):
     (lambda **p: VAEDensity(**p), 0), (lambda **p: PriorISDensity(**p), 0)],
     ids=["mapa", "mapa-atoms", "vae", "prior-is"])
 def test_importance_sampling_agrees_with_quadrature(make, min_ess):
-    """In a 2-D latent space quadrature is exact, so the prior and each method's own proposal
-    (MAPA's mixture of logit-normal codes or of atoms, the encoder, the prior) must reproduce
-    it within its standard error. The mixture of MAPA's learned codes misses part of some
-    posteriors early in training: there it is checked where it covers the posterior (effective
-    sample size at least ``min_ess``, at least a third of the rows), and elsewhere the
-    estimate, unbiased in p, may only fall short of it."""
+    """In a 2-D latent space quadrature is exact, so the one evaluator (proposals fitted to each
+    point), the prior and each method's own proposal (MAPA's mixture of logit-normal codes or
+    of atoms, the encoder, the prior) must reproduce it within their standard errors. The
+    mixture of MAPA's learned codes misses part of some posteriors early in training: there
+    it is checked where it covers the posterior (effective sample size at least ``min_ess``, at
+    least a third of the rows), and elsewhere the estimate, unbiased in p, may only fall short
+    of it."""
     truth = datasets.get("swiss-roll")
     X, _ = truth.sample(300, seed=0)
     est = make(sigma=truth.sigma, latent_dim=2, prior="uniform", steps=150, batch_size=50,
                random_state=0).fit(X)
     exact = est.score_samples(X[:12])
-    for proposal in ("model", "prior"):
+    for proposal in ("fitted", "model", "prior"):
         estimate = est.log_likelihood(X[:12], n_samples=4000, proposal=proposal, random_state=1)
         assert estimate.log_prob.shape == estimate.se.shape == (12,)
         assert (estimate.ess >= 1).all() and (estimate.ess <= 4000 + 1e-6).all()

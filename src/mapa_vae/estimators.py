@@ -1,8 +1,9 @@
 """scikit-learn-style density estimators: MAPA and the baselines behind one surface.
 
 Every estimator fits a :class:`~mapa_vae.model.GenerativeModel` ``z ~ p(z)``,
-``x | z ~ N(f_θ(z), σ² I)`` and answers ``score_samples`` (``log p_θ(x)`` by quadrature),
-``score``, ``sample`` and ``posterior``. They differ only in the objective they train with.
+``x | z ~ N(f_θ(z), σ² I)`` and answers ``score_samples`` (``log p_θ(x)`` by quadrature for
+latent dimension 1 or 2, above by the one evaluator of :mod:`mapa_vae.marginal`), ``score``,
+``sample`` and ``posterior``. They differ only in the objective they train with.
 """
 from __future__ import annotations
 
@@ -210,28 +211,32 @@ class _LatentDensity(DensityMixin, BaseEstimator):
 
     def score_samples(self, X) -> np.ndarray:
         """``log p_θ(x)`` per row, shape ``(n_samples,)``: quadrature for latent dimension 1 or
-        2; above, :meth:`log_likelihood` with its defaults (1000 importance samples from the
-        method's own proposal, seeded)."""
+        2; above, :meth:`log_likelihood` with its defaults (the one evaluator for every method,
+        seeded)."""
         check_is_fitted(self, "model_")
         X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
         if self.model_.latent_dim <= 2:
             return self.model_.log_prob(X)
         return self.log_likelihood(X).log_prob
 
-    def log_likelihood(self, X, n_samples: int = 1000, proposal: str = "model",
+    def log_likelihood(self, X, n_samples: int = 2000, proposal: str = "fitted",
                        random_state=0) -> ImportanceEstimate:
         """``log p_θ(x)`` per row by importance sampling, with standard errors.
 
-        ``proposal``: ``"model"`` is the method's own, with a 10% defensive share of the prior
-        (the encoder's ``q(z | x)`` for the VAE family, MAPA's mixture for MAPA; the prior alone
-        for the prior-proposal ablation); ``"prior"`` is ``p(z)`` for every method.
+        ``proposal``: ``"fitted"`` (the default, the same for every method and for ground
+        truths) fits a proposal to each point (:mod:`mapa_vae.marginal`) and states its cost;
+        as diagnostics only, ``"model"`` is the method's own with a 10% defensive share of the
+        prior (the encoder's ``q(z | x)`` for the VAE family, MAPA's mixture for MAPA; the prior
+        alone for the prior-proposal ablation) and ``"prior"`` is ``p(z)``.
         """
         check_is_fitted(self, "model_")
         X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
-        if proposal not in ("model", "prior"):
-            raise ValueError(f"proposal must be 'model' or 'prior', got {proposal!r}")
-        draw = self._proposal() if proposal == "model" else prior_proposal(self.model_.prior)
+        if proposal not in ("fitted", "model", "prior"):
+            raise ValueError(f"proposal must be 'fitted', 'model' or 'prior', got {proposal!r}")
         model = self.model_
+        if proposal == "fitted":
+            return model.log_prob_estimate(X, seed=random_state, n_samples=n_samples)
+        draw = self._proposal() if proposal == "model" else prior_proposal(model.prior)
         return importance_log_marginal(float64_decoder(model.decoder), model.prior,
                                        float(model.likelihood.sigma.detach()), X, draw,
                                        n_samples, random_state)
