@@ -221,8 +221,9 @@ def test_codes_follow_the_latent_dimension_unless_given():
     X = np.random.default_rng(0).normal(size=(60, 3))
     fit = {"sigma": 0.5, "steps": 2, "batch_size": 20, "random_state": 0}
     assert isinstance(MAPADensity(**fit).fit(X).objective_, MAPABound)
-    assert isinstance(MAPADensity(latent_dim=2, **fit).fit(X).objective_, GaussianCodesBound)
-    assert isinstance(make_estimator("mapa-atoms", latent_dim=2, **fit).fit(X).objective_,
+    assert isinstance(MAPADensity(latent_dim=2, **fit).fit(X).objective_, MAPABound)
+    assert isinstance(MAPADensity(latent_dim=3, **fit).fit(X).objective_, GaussianCodesBound)
+    assert isinstance(make_estimator("mapa-atoms", latent_dim=3, **fit).fit(X).objective_,
                       MAPABound)
     assert isinstance(make_estimator("mapa-gaussian", **fit).fit(X).objective_,
                       GaussianCodesBound)
@@ -279,9 +280,9 @@ def test_given_coordinates_survive_a_checkpoint(circle, tmp_path):
 
 
 @pytest.mark.parametrize("make, min_ess", [
-    (lambda **p: MAPADensity(**p), 100), (lambda **p: MAPADensity(codes="atoms", **p), 0),
+    (lambda **p: MAPADensity(codes="gaussian", **p), 100), (lambda **p: MAPADensity(**p), 0),
     (lambda **p: VAEDensity(**p), 0), (lambda **p: PriorISDensity(**p), 0)],
-    ids=["mapa", "mapa-atoms", "vae", "prior-is"])
+    ids=["mapa-gaussian", "mapa-atoms", "vae", "prior-is"])
 def test_importance_sampling_agrees_with_quadrature(make, min_ess):
     """In a 2-D latent space quadrature is exact, so the one evaluator (proposals fitted to each
     point), the prior and each method's own proposal (MAPA's mixture of logit-normal codes or

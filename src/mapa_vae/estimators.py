@@ -343,11 +343,11 @@ class _LatentDensity(DensityMixin, BaseEstimator):
 class MAPADensity(_LatentDensity):
     """A latent-variable density trained with MAPA as its fixed index posterior: no encoder.
 
-    ``codes="gaussian"`` (the default above one latent dimension): each training index carries
+    ``codes="gaussian"`` (the default above two latent dimensions): each training index carries
     a learned Gaussian code ``N(μ_n, diag s_n²)`` and the decoder is trained on the continuous
     model's bound with the mixture posterior ``q(z | x_i) = Σ_n MAPA(n | x_i) N(μ_n, s_n²)``
     (:class:`~mapa_vae.objectives.GaussianCodesBound`). ``codes="atoms"`` (the default in one
-    latent dimension): each index carries one of ``N`` fixed stratified atoms of the prior, the
+    and two latent dimensions): each index carries one of ``N`` fixed stratified atoms of the prior, the
     attachment a permutation, trained on the empiricalized model's bound
     (:class:`~mapa_vae.objectives.MAPABound`).
 
@@ -384,8 +384,9 @@ class MAPADensity(_LatentDensity):
         (0 disables; ``codes="atoms"`` only).
     codes : {"auto", "gaussian", "atoms"}, default="auto"
         Learned Gaussian codes per index, or a permutation of fixed atoms (see above); ``"auto"``:
-        atoms for ``latent_dim=1`` (where they win: the codes' density along a curve is not held
-        to the prior, see the README), Gaussian codes above. Gaussian codes start at the atoms
+        atoms for ``latent_dim`` 1 and 2 (where they won: spiral, circle, swiss-roll, digits at
+        ``d_z = 2``; the codes' density is not held to the prior, only each code's KL), Gaussian
+        codes above (digits at ``d_z = 8``: 38 against 23 nats per image). Gaussian codes start at the atoms
         the initial attachment gives each index (so ``init`` applies to both) with scale
         ``code_scale``.
     weights : {"mapa", "identity"}, default="mapa"
@@ -521,10 +522,11 @@ class MAPADensity(_LatentDensity):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
 
     def _codes(self) -> str:
-        """``codes`` with ``"auto"`` resolved: atoms in one latent dimension, Gaussian above."""
+        """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
+        above."""
         if self.codes != "auto":
             return self.codes
-        return "atoms" if check_positive_int(self.latent_dim, "latent_dim") == 1 else "gaussian"
+        return "atoms" if check_positive_int(self.latent_dim, "latent_dim") <= 2 else "gaussian"
 
     def _training_weights(self, n: int) -> sparse.csr_matrix:
         """The index posterior training uses: MAPA's weights, or the identity."""
