@@ -16,6 +16,7 @@ from mapa_vae import bench as bench_module
 from mapa_vae.bench import (METHODS, QUICK, BenchConfig, folder_name, parse_method, run_bench,
                             run_dir, summarize, targets)
 from mapa_vae.cli import main
+from mapa_vae.estimators import base_method
 from mapa_vae.experiment import LEARNING_RATES, RunConfig
 
 TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "seeds": 2,
@@ -27,6 +28,8 @@ TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "see
     ("iwae-50", {"method": "iwae", "samples": 50}), ("iwae", {"method": "iwae", "samples": 10}),
     ("prior-is-7", {"method": "prior-is", "samples": 7}),
     ("mapa-oracle", {"method": "mapa", "init": "oracle"}),
+    ("mapa-atoms", {"method": "mapa-atoms"}), ("mapa-identity", {"method": "mapa-identity"}),
+    ("mapa-gaussian-oracle", {"method": "mapa-gaussian", "init": "oracle"}),
 ])
 def test_method_labels(label, expected):
     assert parse_method(label) == expected
@@ -34,7 +37,8 @@ def test_method_labels(label, expected):
 
 @pytest.mark.parametrize("label, message", [("iwae-0", "positive integer"),
                                             ("iwae-x", "positive integer"),
-                                            ("gan", "unknown method 'gan'")])
+                                            ("gan", "unknown method 'gan'"),
+                                            ("vae-oracle", "unknown method 'vae-oracle'")])
 def test_bad_method_labels(label, message):
     with pytest.raises(ValueError, match=message):
         parse_method(label)
@@ -46,7 +50,7 @@ def test_every_run_shares_the_protocol():
     shared = {(r.steps, r.batch_size, r.lr_schedule, r.n_train, tuple(r.hidden), r.learn_sigma)
               for r in runs}
     assert shared == {(3000, 100, "cosine", 1000, (64, 64), False)}
-    assert all(r.learning_rate == LEARNING_RATES[r.method] for r in runs)
+    assert all(r.learning_rate == LEARNING_RATES[base_method(r.method)] for r in runs)
     fixed = BenchConfig(datasets=["circle"], methods=["mapa", "vae"], learning_rate=0.002)
     assert {r.learning_rate for r in fixed.runs()} == {0.002}
     assert {r.label for r in runs} == set(METHODS)

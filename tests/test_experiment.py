@@ -8,7 +8,7 @@ import pytest
 from mapa_vae import datasets
 from mapa_vae.cli import main
 from mapa_vae.estimators import MAPADensity
-from mapa_vae.experiment import RunConfig, build_estimator, run, sample_data
+from mapa_vae.experiment import LEARNING_RATES, RunConfig, build_estimator, run, sample_data
 
 TINY = {"n_train": 120, "n_test": 200, "steps": 20, "batch_size": 40, "log_every": 10}
 
@@ -124,6 +124,16 @@ def test_the_oracle_ablation_starts_from_the_true_codes():
     np.testing.assert_array_equal(estimator.init, Z)
     metrics = run(config)
     assert metrics["label"] == "mapa-oracle" and np.isfinite(metrics["test_kl"])
+
+
+def test_mapa_variants_are_methods_of_their_own():
+    config = RunConfig(method="mapa-identity", **TINY).validate()
+    assert config.label == "mapa-identity" and config.learning_rate == LEARNING_RATES["mapa"]
+    estimator = build_estimator(config, datasets.get("circle"))
+    assert estimator.weights == "identity" and estimator.init == "auto"
+    metrics = run(RunConfig(dataset="swiss-roll", method="mapa-gaussian", **TINY))
+    assert metrics["label"] == "mapa-gaussian" and np.isfinite(metrics["bound"])
+    assert "gap" not in metrics  # the continuous model's bound has no empiricalized log p̂
 
 
 def test_the_true_log_density_of_a_test_set_is_computed_once(tmp_path, monkeypatch):

@@ -319,12 +319,14 @@ def test_bad_prior():
         GroundTruth(StandardNormal(2), lambda z: z)
 
 
-def test_latent_dim_three_samples_but_has_no_quadrature():
+def test_latent_dim_three_samples_and_scores_by_the_evaluator():
+    """Above two latent dimensions log_prob is the evaluator's (see test_marginal.py)."""
     truth = GroundTruth("normal", lambda z: z, sigma=0.1, latent_dim=3)
     X, Z = truth.sample(4, seed=0)
     assert X.shape == (4, 3) and Z.shape == (4, 3)
-    with pytest.raises(ValueError, match="quadrature is available for latent_dim 1 or 2"):
-        truth.log_prob(X)
+    exact = stats.multivariate_normal(np.zeros(3), 1.01 * np.eye(3)).logpdf(X)
+    estimate = truth.log_prob_estimate(X, n_samples=500, fit_steps=100)
+    assert (np.abs(estimate.log_prob - exact) <= 5 * estimate.se + estimate.se**2).all()
 
 
 @pytest.mark.parametrize("X, message", [

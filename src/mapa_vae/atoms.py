@@ -41,6 +41,7 @@ from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 from scipy.stats import qmc, rankdata
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 from sklearn.manifold import Isomap, SpectralEmbedding
 from torch import nn
 
@@ -281,7 +282,7 @@ def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray
 
 #: The data-only attachments proposed for each latent dimension (1, or 2 and above).
 CANDIDATES = {1: ("coarse", "fiedler", "angle"), 2: ("isomap", "spectral")}
-METHODS = ("auto", "seriation") + CANDIDATES[1] + ("greedy",) + CANDIDATES[2] + ("random",)
+METHODS = ("auto", "seriation") + CANDIDATES[1] + ("greedy",) + CANDIDATES[2] + ("pca", "random")
 
 
 def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, d: int,
@@ -292,7 +293,8 @@ def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, 
     1-D orders (positions along the data): ``coarse`` (:func:`coarse_tour`), ``greedy``
     (:func:`greedy_tour`), ``fiedler`` (first non-trivial Laplacian eigenvector: open curves),
     ``angle`` (angle of the first two, cut at the longest edge: loops). ``d``-D: ``isomap``
-    (geodesic distances; unrolls sheets), ``spectral`` (Laplacian eigenvectors).
+    (geodesic distances; unrolls sheets), ``spectral`` (Laplacian eigenvectors), ``pca`` (the
+    first ``d`` principal components of ``Y``; linear, the cheapest).
     """
     n = X.shape[0]
     Y = np.asarray(weights @ X)
@@ -302,6 +304,8 @@ def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, 
         return isomap_coordinates(Y, d)
     if method == "spectral":
         return spectral_coordinates(weights, d, random_state)
+    if method == "pca":
+        return PCA(n_components=min(d, *Y.shape), random_state=random_state).fit_transform(Y)
     if method == "coarse":
         order = coarse_tour(Y, random_state=random_state)
     elif method == "greedy":
@@ -319,14 +323,17 @@ def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, 
 
 
 def candidate_attachments(X: np.ndarray, weights: sparse.spmatrix, atoms: np.ndarray,
-                          prior: Prior, random_state=None) -> dict[str, np.ndarray]:
-    """Every data-only attachment proposed for the latent dimension of ``atoms``, by name.
+                          prior: Prior, random_state=None,
+                          names: tuple | None = None) -> dict[str, np.ndarray]:
+    """Every data-only attachment proposed for the latent dimension of ``atoms`` (or those
+    ``names``), by name.
 
     In 1-D, a candidate that orders the points as an earlier one does, or in reverse (the same
     model up to the prior's symmetry), is left out: |rank correlation| ≥ 0.999.
     """
     d = atoms.shape[1]
-    names = CANDIDATES[1] if d == 1 else CANDIDATES[2]
+    if names is None:
+        names = CANDIDATES[1] if d == 1 else CANDIDATES[2]
     if X.shape[0] < 4:
         names = ("greedy",) if d == 1 else ("random",)  # the spectral methods need more points
     if names == ("random",):

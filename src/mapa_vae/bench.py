@@ -35,11 +35,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import datasets
+from .estimators import METHOD_NAMES, base_method
 from .experiment import SAMPLE_DEFAULTS, RunConfig
 from .files import write_csv, write_json, write_text
 
 #: Method labels, in report order: a method, or a method and its sample count ``S``.
-METHODS = ["mapa", "vae", "iwae-5", "iwae-10", "iwae-50", "lagging", "prior-is-100"]
+METHODS = ["mapa", "mapa-identity", "vae", "iwae-5", "iwae-10", "iwae-50", "lagging",
+           "prior-is-100"]
 
 #: ``--quick``: a smoke run of the whole pipeline.
 QUICK = {"datasets": ["circle", "quadratic"], "methods": ["mapa", "vae", "iwae-10"], "seeds": 1,
@@ -55,7 +57,8 @@ CSV_COLUMNS = ["dataset", "label", "method", "seed", "test_kl", "test_kl_se", "p
 
 def parse_method(label: str) -> dict:
     """A method label as run settings: ``"iwae-10"`` → ``{"method": "iwae", "samples": 10}``;
-    ``"iwae"`` takes its default ``S``; ``"mapa-oracle"`` is MAPA started from the true codes."""
+    ``"iwae"`` takes its default ``S``; ``"mapa-oracle"`` (``"mapa-atoms-oracle"``, …) is MAPA
+    started from the true codes."""
     for method, default in SAMPLE_DEFAULTS.items():
         if label == method:
             return {"method": method, "samples": default}
@@ -65,11 +68,11 @@ def parse_method(label: str) -> dict:
                 raise ValueError(f"method {label!r}: the number of samples after {method}- must "
                                  f"be a positive integer")
             return {"method": method, "samples": int(text)}
-    if label == "mapa-oracle":
-        return {"method": "mapa", "init": "oracle"}
-    if label not in ("mapa", "vae", "lagging"):
+    if label.endswith("-oracle") and base_method(label[:-len("-oracle")]) == "mapa":
+        return {"method": label[:-len("-oracle")], "init": "oracle"}
+    if label not in METHOD_NAMES or label in SAMPLE_DEFAULTS:
         raise ValueError(f"unknown method {label!r}; choose from {', '.join(METHODS)} "
-                         f"(any iwae-S or prior-is-S), or mapa-oracle")
+                         f"(any iwae-S or prior-is-S), or a MAPA method with -oracle")
     return {"method": label}
 
 
@@ -238,7 +241,7 @@ def _sigint_ignored():
 
 def _expected_cost(config: RunConfig) -> float:
     """Roughly proportional to a run's time, to schedule the longest first."""
-    per_step = 1 + config.samples if config.method == "iwae" else _COST[config.method]
+    per_step = 1 + config.samples if config.method == "iwae" else _COST[base_method(config.method)]
     return per_step * config.steps
 
 

@@ -13,9 +13,17 @@ spiral          N(0,1)   (0.3 + t)(cos 3πt, sin 3πt)                    0.05  
 figure-8        N(0,1)   (cos 2πt, ½ sin 4πt)  (lemniscate of Gerono)   0.05   f(−z)
 clusters        N(0,1)   2 (cos ½πs, sin ½πs), s = Σ_{j=1}^{3} σ((t − j/4)/0.01)   0.1    f(−z)
 swiss-roll      U[0,1]²  (φ cos φ / 10, 2 z₂, φ sin φ / 10), φ = 1.5π(1 + 2 z₁)   0.05   (z₁, z₂) ↦ (1 − z₁, 1 − z₂)
+linear-gaussian N(0,I₈)  A z + b  (D = 64)                             0.3    A Q z + b, Q orthogonal
 =============== ======== ============================================= ====== ======================
 
 ``clusters`` puts almost all mass on four centres 2.8 apart (28 σ) joined by thin bridges.
+
+``linear-gaussian`` (:class:`~mapa_vae.ground_truth.LinearGaussian`, ``p(x) = N(b, A Aᵀ + σ² I)``
+in closed form) has ``A = U diag(s) Vᵀ`` with ``U`` (64 × 8, orthonormal columns) and ``V``
+(8 × 8, orthogonal) Haar-random, ``s`` geometric from 2 to 0.5 (condition number 4: every latent
+direction is seen above the noise, the posterior is correlated in ``z``), ``b ~ N(0, 0.5² I)``,
+and the twin's rotation ``Q`` Haar-random, all from the fixed seed 11
+(:func:`linear_gaussian_parameters`).
 
 A user's own ground truth lives in a Python file; ``"path/to/file.py:name"`` names an object in it
 that is a :class:`~mapa_vae.GroundTruth` or a function of no arguments returning one. Its twin, if
@@ -30,9 +38,10 @@ import importlib.util
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from .ground_truth import GroundTruth
+from .ground_truth import GroundTruth, LinearGaussian
 
 _ndtr, _ndtri = torch.special.ndtr, torch.special.ndtri
 
@@ -95,6 +104,28 @@ def _swiss_roll(twin: bool) -> GroundTruth:
     return GroundTruth("uniform", f, sigma=0.05, latent_dim=2, name="swiss-roll")
 
 
+def _haar_orthogonal(rng, rows: int, cols: int) -> np.ndarray:
+    """A ``rows × cols`` matrix with Haar-random orthonormal columns (QR with signs fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q * np.sign(np.diag(r))
+
+
+def linear_gaussian_parameters(latent_dim: int = 8, data_dim: int = 64, seed: int = 11):
+    """``(A, b, Q)`` of the built-in linear-Gaussian family (module docstring)."""
+    rng = np.random.default_rng(seed)
+    U = _haar_orthogonal(rng, data_dim, latent_dim)
+    V = _haar_orthogonal(rng, latent_dim, latent_dim)
+    A = U @ np.diag(np.geomspace(2.0, 0.5, latent_dim)) @ V.T
+    b = 0.5 * rng.standard_normal(data_dim)
+    return A, b, _haar_orthogonal(rng, latent_dim, latent_dim)
+
+
+def _linear_gaussian(twin: bool) -> GroundTruth:
+    A, b, Q = linear_gaussian_parameters()
+    truth = LinearGaussian(A, b, sigma=0.3, name="linear-gaussian")
+    return truth.rotated(Q) if twin else truth
+
+
 BUILT_IN = {
     "quadratic": _quadratic,
     "absolute-value": _absolute_value,
@@ -103,6 +134,7 @@ BUILT_IN = {
     "figure-8": _figure_8,
     "clusters": _clusters,
     "swiss-roll": _swiss_roll,
+    "linear-gaussian": _linear_gaussian,
 }
 
 
@@ -120,6 +152,7 @@ TWIN_CODES = {
     "figure-8": torch.neg,
     "clusters": torch.neg,
     "swiss-roll": lambda z: 1.0 - z,
+    "linear-gaussian": lambda z: z @ torch.from_numpy(linear_gaussian_parameters()[2]),
 }
 
 

@@ -52,12 +52,27 @@ def log_marginal(decode, prior: Prior, sigma, X: np.ndarray, nodes_per_dim: int 
 class ImportanceEstimate:
     """``log p(x)`` per row by importance sampling, with each estimate's Monte-Carlo standard
     error (delta method, ``sd(w) / (√K mean(w))``) and effective sample size
-    ``(Σ w)² / Σ w²`` out of ``K``."""
+    ``(Σ w)² / Σ w²`` out of ``K``; its cost in decoder passes (rows through ``f``) and
+    seconds, where the estimator states them."""
 
     log_prob: np.ndarray
     se: np.ndarray
     ess: np.ndarray
     n_samples: int
+    decoder_passes: int | None = None
+    seconds: float | None = None
+
+    def summary(self) -> dict:
+        """The mean ``log p(x)`` over rows with its standard error across rows (the test set's
+        sampling error), the Monte-Carlo standard error of that mean, the median effective
+        sample size and the cost."""
+        n = self.log_prob.size
+        return {"mean_log_prob": float(self.log_prob.mean()),
+                "se_across_points": float(self.log_prob.std(ddof=1) / math.sqrt(n))
+                if n > 1 else float("nan"),
+                "monte_carlo_se": float(np.sqrt(np.square(self.se).sum()) / n),
+                "median_ess": float(np.median(self.ess)), "n_samples": self.n_samples,
+                "decoder_passes": self.decoder_passes, "seconds": self.seconds}
 
 
 def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal,

@@ -1,18 +1,27 @@
-"""Ground-truth generative models ``(prior, f, σ)`` with exact (quadrature) densities.
+"""Ground-truth generative models ``(prior, f, σ)`` with known densities.
 
 ``z ~ p(z)``, ``x | z ~ N(f(z), σ² I)``. A ground truth knows its marginal
-``log p(x) = log ∫ p(z) N(x; f(z), σ² I) dz`` (equal-mass quadrature, float64) and its posterior
-density ``log p(z | x) = log p(z) + log N(x; f(z), σ² I) − log p(x)``.
+``log p(x) = log ∫ p(z) N(x; f(z), σ² I) dz`` (equal-mass quadrature, float64, for latent
+dimension 1 or 2; above, the one evaluator of :mod:`mapa_vae.marginal`, the same that scores
+every trained model) and its posterior density
+``log p(z | x) = log p(z) + log N(x; f(z), σ² I) − log p(x)``. :class:`LinearGaussian`,
+``f(z) = A z + b`` with a standard normal prior, has its marginal in closed form in any
+dimension: ``p(x) = N(x; b, A Aᵀ + σ² I)``.
 
 ``f`` maps a float64 tensor of shape ``(n, latent_dim)`` to shape ``(n, D)``; a function written
-with NumPy that returns an array works too.
+with NumPy that returns an array works too for latent dimension 1 or 2 (above, the evaluator
+needs gradients of ``f`` with respect to ``z`` and refuses such a function with an error).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from scipy.linalg import cholesky, solve_triangular
 
 from .evaluation import log_marginal
+from .marginal import estimate_log_marginal
 from .likelihood import check_sigma, mixture_log_joint
 from .priors import Prior, make_prior
 from .validation import as_data, check_positive_int
@@ -108,9 +117,20 @@ class GroundTruth:
         return X, Z
 
     def log_prob(self, X) -> np.ndarray:
-        """``log p(x)`` per row of ``X``, shape ``(n,)``, by equal-mass quadrature."""
+        """``log p(x)`` per row of ``X``, shape ``(n,)``: by equal-mass quadrature for latent
+        dimension 1 or 2, above by :meth:`log_prob_estimate` (its estimates, seed 0)."""
         X = as_data(X, "X", n_features=self.data_dim)
-        return log_marginal(self.decode, self.prior, self.sigma, X, self.nodes_per_dim)
+        if self.latent_dim <= 2:
+            return log_marginal(self.decode, self.prior, self.sigma, X, self.nodes_per_dim)
+        return self.log_prob_estimate(X).log_prob
+
+    def log_prob_estimate(self, X, seed=0, **options):
+        """``log p(x)`` per row with standard errors, effective sample sizes and cost, by the
+        evaluator that scores every model (:func:`mapa_vae.marginal.estimate_log_marginal`,
+        ``options`` go to it), any latent dimension; ``f`` must give gradients."""
+        X = as_data(X, "X", n_features=self.data_dim)
+        return estimate_log_marginal(self.decode, self.prior, self.sigma, X, seed=seed,
+                                     **options)
 
     def log_posterior(self, X, Z) -> np.ndarray:
         """``log p(z_j | x_i)`` of shape ``(n_x, n_z)``: the true posterior density at each code."""
@@ -120,3 +140,57 @@ class GroundTruth:
         log_joint = mixture_log_joint(torch.from_numpy(X), self.decode(z), self.prior.log_prob(z),
                                       self.sigma)
         return log_joint.numpy() - self.log_prob(X)[:, None]
+
+
+class LinearGaussian(GroundTruth):
+    """The linear-Gaussian model ``z ~ N(0, I_d)``, ``x | z ~ N(A z + b, σ² I_D)``, whose marginal
+    is closed form in any dimension: ``p(x) = N(x; b, C)``, ``C = A Aᵀ + σ² I``.
+
+    Parameters
+    ----------
+    A : array-like of shape (D, latent_dim)
+    b : array-like of shape (D,)
+    sigma : float
+    name : str, optional
+
+    Its twin :meth:`rotated` ``(Q)`` is ``f(z) = A Q z + b`` for an orthogonal ``Q``: the same
+    ``C`` (``A Q Qᵀ Aᵀ = A Aᵀ``), so the same ``p(x)``, and the codes ``Qᵀ z``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> truth = LinearGaussian(np.eye(3, 2), np.zeros(3), sigma=0.5)
+    >>> round(float(truth.log_prob(np.zeros((1, 3)))[0]), 4)
+    -2.2868
+    """
+
+    def __init__(self, A, b, sigma: float = 0.1, name: str = "linear-gaussian"):
+        A = np.array(A, dtype=np.float64)
+        b = np.array(b, dtype=np.float64)
+        if A.ndim != 2 or not np.all(np.isfinite(A)):
+            raise ValueError(f"A must be a finite matrix of shape (D, latent_dim), got shape "
+                             f"{A.shape}")
+        if b.shape != (A.shape[0],) or not np.all(np.isfinite(b)):
+            raise ValueError(f"b must be a finite vector of shape ({A.shape[0]},), got shape "
+                             f"{b.shape}")
+        self.A, self.b = A, b
+        weight, bias = torch.from_numpy(A), torch.from_numpy(b)
+        super().__init__("normal", lambda z: torch.nn.functional.linear(z, weight, bias),
+                         sigma=sigma,
+                         latent_dim=A.shape[1], name=name)
+        self._cholesky = cholesky(A @ A.T + self.sigma**2 * np.eye(A.shape[0]), lower=True)
+
+    def log_prob(self, X) -> np.ndarray:
+        """``log N(x; b, A Aᵀ + σ² I)`` per row of ``X``, exactly (float64, Cholesky)."""
+        X = as_data(X, "X", n_features=self.data_dim)
+        white = solve_triangular(self._cholesky, (X - self.b).T, lower=True)
+        log_det = 2.0 * np.log(np.diag(self._cholesky)).sum()
+        return -0.5 * (np.square(white).sum(0) + log_det + self.data_dim * math.log(2 * math.pi))
+
+    def rotated(self, Q, name: str | None = None) -> "LinearGaussian":
+        """The same model with the latent rotated, ``f(z) = A Q z + b`` (``Q`` orthogonal)."""
+        Q = np.asarray(Q, dtype=np.float64)
+        d = self.latent_dim
+        if Q.shape != (d, d) or not np.allclose(Q.T @ Q, np.eye(d), atol=1e-10):
+            raise ValueError(f"Q must be an orthogonal matrix of shape ({d}, {d})")
+        return LinearGaussian(self.A @ Q, self.b, self.sigma, self.name if name is None else name)

@@ -7,7 +7,8 @@ from torch import nn
 
 from .evaluation import log_marginal
 from .likelihood import GaussianLikelihood
-from .networks import float64_decoder
+from .marginal import estimate_log_marginal
+from .networks import differentiable_decoder, float64_decoder
 from .priors import Prior
 
 
@@ -27,10 +28,23 @@ class GenerativeModel(nn.Module):
     def latent_dim(self) -> int:
         return self.prior.latent_dim
 
-    def log_prob(self, X: np.ndarray, nodes_per_dim: int | None = None) -> np.ndarray:
-        """``log p_θ(x)`` per row by equal-mass quadrature (float64), shape ``(n,)``."""
-        return log_marginal(float64_decoder(self.decoder), self.prior,
-                            float(self.likelihood.sigma.detach()), X, nodes_per_dim)
+    def log_prob(self, X: np.ndarray, nodes_per_dim: int | None = None,
+                 seed=0) -> np.ndarray:
+        """``log p_θ(x)`` per row, shape ``(n,)``: by equal-mass quadrature (float64) for latent
+        dimension 1 or 2, above by the one evaluator (:meth:`log_prob_estimate`)."""
+        if self.latent_dim <= 2:
+            return log_marginal(float64_decoder(self.decoder), self.prior,
+                                float(self.likelihood.sigma.detach()), X, nodes_per_dim)
+        return self.log_prob_estimate(X, seed=seed).log_prob
+
+    def log_prob_estimate(self, X: np.ndarray, seed=0, **options):
+        """``log p_θ(x)`` per row with standard errors, effective sample sizes and cost, by
+        importance sampling from a proposal fitted to each point
+        (:func:`mapa_vae.marginal.estimate_log_marginal`; ``options`` go to it), any latent
+        dimension."""
+        return estimate_log_marginal(differentiable_decoder(self.decoder), self.prior,
+                                     float(self.likelihood.sigma.detach()), X, seed=seed,
+                                     **options)
 
     def sample(self, n: int, random_state=None) -> tuple[np.ndarray, np.ndarray]:
         """``n`` draws ``(X, Z)`` from the model."""

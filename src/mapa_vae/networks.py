@@ -29,3 +29,11 @@ def float64_decoder(decoder: nn.Module):
             return module(z)
 
     return decode
+
+
+def differentiable_decoder(decoder: nn.Module):
+    """A float64 copy of a decoder module on the CPU whose output is differentiable in its input
+    codes (its own weights are frozen), as a tensor → tensor function: what the log-likelihood
+    evaluator of :mod:`mapa_vae.marginal` fits its proposals through."""
+    module = copy.deepcopy(decoder).double().cpu().eval().requires_grad_(False)
+    return module

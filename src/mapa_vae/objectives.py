@@ -18,6 +18,9 @@ re-attachment), so passes are counted where they happen: ``before_step``'s as mi
                 − N log N + H(W),
 
   so a minibatch of ``B`` atom indices costs ``B`` decoder passes, whatever the neighbour count.
+* :class:`GaussianCodesBound` (no encoder): the same fixed ``W`` as the mixture posterior
+  ``q(z | x_i) = Σ_n W_in N(μ_n, diag s_n²)`` of the continuous model over learned per-index
+  Gaussian codes; a lower bound on ``log p_θ(x_i)`` itself, ``B`` decoder passes per step.
 * :class:`ELBO`: ``E_q[log p(x | z)] − KL(q ‖ p)`` with one sample (closed-form KL for the
   Gaussian prior, Monte Carlo for the logit-normal); ``2B`` passes.
 * :class:`IWAEBound`: ``E[log (1/S) Σ_s p(x, z_s) / q(z_s | x)]``; ``B(1 + S)`` passes.
@@ -34,12 +37,15 @@ import numpy as np
 import torch
 from scipy import sparse
 from scipy.spatial.distance import cdist
+import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Attachment
+from .distributed import batch_normal
 from .encoders import AmortizedPosterior
 from .likelihood import mixture_log_joint, mixture_log_prob
 from .model import GenerativeModel
+from .priors import StandardNormal
 
 
 @dataclass
@@ -75,6 +81,11 @@ class Objective(nn.Module):
         """The encoder's parameters (none for MAPA and the prior-proposal bound)."""
         return []
 
+    def parameter_groups(self) -> list[dict]:
+        """The generative parameters as optimiser groups; a group's ``lr_scale`` (default 1)
+        multiplies the learning rate of the schedule."""
+        return [{"params": self.generative_parameters()}]
+
     def _is_inference(self, parameter) -> bool:
         return any(parameter is q for q in self.inference_parameters())
 
@@ -101,6 +112,35 @@ class Objective(nn.Module):
 DIAGNOSTIC_POINTS = 2048  # training points whose gap the history tracks, beyond which a subset
 
 
+def _register_targets(objective: Objective, weights, X: np.ndarray,
+                      dtype: torch.dtype = torch.float32) -> sparse.csr_matrix:
+    """Keep on ``objective`` what the data contribute to a bound with fixed index posterior
+    ``W``: buffers ``mass`` (``m_n = Σ_i W_in``), ``xbar`` (``x̄_n = Σ_i W_in x_i / m_n``) and
+    ``spread`` (``c_n = Σ_i W_in ‖x_i − x̄_n‖²``), ``weights`` (``W`` as CSR, float64) and ``X``
+    (float64). Returns ``W``."""
+    W = sparse.csr_matrix(weights, dtype=np.float64)
+    mass = np.asarray(W.sum(axis=0)).ravel()
+    safe = np.where(mass > 0, mass, 1.0)
+    xbar = np.asarray(W.T @ X) / safe[:, None]
+    spread = np.asarray(W.T @ (X**2).sum(axis=1)).ravel() - mass * (xbar**2).sum(axis=1)
+    objective.register_buffer("mass", torch.tensor(mass, dtype=dtype))
+    objective.register_buffer("xbar", torch.tensor(xbar, dtype=dtype))
+    objective.register_buffer("spread", torch.tensor(np.maximum(spread, 0.0), dtype=dtype))
+    objective.weights = W
+    objective.X = np.array(X, dtype=np.float64)  # a writable copy (X may be read-only)
+    return W
+
+
+def _smoothed_log_lik(objective: Objective, idx: torch.Tensor, mean: torch.Tensor):
+    """``Σ_i W_in log N(x_i; y_n, σ² I) = −m_n (D log σ + ½ D log 2π) − (m_n ‖x̄_n − y_n‖² +
+    c_n) / (2σ²)`` for each ``n`` in ``idx`` and decoded ``y_n`` (``mean``, one row per index)."""
+    lik = objective.model.likelihood
+    d = mean.shape[-1]
+    m = objective.mass[idx]
+    sq = m * (objective.xbar[idx] - mean).square().sum(-1) + objective.spread[idx]
+    return -m * d * (lik.log_sigma + 0.5 * math.log(2 * math.pi)) - 0.5 * sq / lik.sigma**2
+
+
 class MAPABound(Objective):
     """The MAPA lower bound on the empiricalized model; trains the generative model only.
 
@@ -114,36 +154,19 @@ class MAPABound(Objective):
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
                  attachment: Attachment, project_every: int = 0, reattach_every: int = 0):
         super().__init__(model)
-        W = sparse.csr_matrix(weights, dtype=np.float64)
+        W = _register_targets(self, weights, X)
         n = W.shape[0]
-        mass = np.asarray(W.sum(axis=0)).ravel()
-        safe = np.where(mass > 0, mass, 1.0)
-        xbar = np.asarray(W.T @ X) / safe[:, None]
-        spread = np.asarray(W.T @ (X**2).sum(axis=1)).ravel() - mass * (xbar**2).sum(axis=1)
         entropy = -float(np.sum(W.data * np.log(W.data, where=W.data > 0,
                                                 out=np.zeros_like(W.data))))
-        self.register_buffer("mass", torch.tensor(mass, dtype=torch.float32))
-        self.register_buffer("xbar", torch.tensor(xbar, dtype=torch.float32))
-        self.register_buffer("spread", torch.tensor(np.maximum(spread, 0.0), dtype=torch.float32))
         self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
-        self.weights = W
-        self.X = np.array(X, dtype=np.float64)  # a writable copy (X may be read-only)
         self.attachment = attachment
         self.project_every = int(project_every)
         self.reattach_every = int(reattach_every)
         self.changed_last = 0
 
-    def _terms(self, idx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """``Σ_i W_in log N(x_i; f(z_n), σ² I)`` for each ``n`` in ``idx``."""
-        lik = self.model.likelihood
-        d = mean.shape[-1]
-        m = self.mass[idx]
-        sq = m * (self.xbar[idx] - mean).square().sum(-1) + self.spread[idx]
-        return -m * d * (lik.log_sigma + 0.5 * math.log(2 * math.pi)) - 0.5 * sq / lik.sigma**2
-
     def forward(self, x, idx) -> BoundEstimate:
         mean = self.model.decoder(self.attachment.codes(idx))
-        value = self._terms(idx, mean).mean() + self.constant
+        value = _smoothed_log_lik(self, idx, mean).mean() + self.constant
         return BoundEstimate(value, passes=idx.shape[0])
 
     def after_step(self, trainer) -> int:
@@ -211,6 +234,120 @@ class MAPABound(Objective):
 
     def state_for_history(self) -> dict:
         return {"attachment_changed": self.changed_last}
+
+
+class GaussianCodesBound(Objective):
+    """MAPA as a fixed mixture posterior of the continuous model, over learned Gaussian codes.
+
+    Index ``n`` carries a code ``N_n = N(μ_n, diag s_n²)`` (for the uniform prior on
+    ``[0, 1]^d``, logit-normal: ``z = sigmoid(u)``, ``u ~ N(μ_n, diag s_n²)``). With
+    ``W_in = MAPA(n | x_i)`` fixed, ``q(z | x_i) = Σ_n W_in N_n``; the entropy of a mixture is
+    at least the mean of its components' entropies, so for any row-stochastic ``W``
+
+        log p_θ(x_i) ≥ ELBO(q_i) ≥ L_i = Σ_n W_in { E_{N_n}[log N(x_i; f(z), σ²I)] − KL(N_n ‖ p) }.
+
+    Summed over ``i`` the data enter through ``m_n``, ``x̄_n`` and ``c_n`` (as in
+    :class:`MAPABound`):
+
+        Σ_i L_i = Σ_n { E_{N_n}[−m_n (D log σ + ½D log 2π) − (m_n ‖x̄_n − f(z)‖² + c_n) / (2σ²)]
+                        − m_n KL(N_n ‖ p) },
+
+    estimated with one reparameterised draw per index of the minibatch: ``B`` decoder passes.
+    ``KL(N_n ‖ p) = ½ Σ_j (μ² + s² − 1 − 2 log s)`` for the normal prior; for the uniform prior
+    ``−KL = H(N(μ_n, s_n²)) + E[Σ_j log z_j (1 − z_j)]``, the expectation from the same draw.
+
+    ``loc`` and ``scale`` (shape ``(N, d)``) initialise ``μ`` and ``s``; ``code_lr_scale``
+    multiplies the learning rate of the codes (each is updated only when its index is drawn).
+    """
+
+    name = "mapa"
+    batch_over = "atoms"
+
+    def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
+                 loc: np.ndarray, scale: np.ndarray, code_lr_scale: float = 1.0,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(model)
+        W = _register_targets(self, weights, X, dtype)
+        n, d = W.shape[0], model.latent_dim
+        loc, scale = np.asarray(loc, dtype=np.float64), np.asarray(scale, dtype=np.float64)
+        if loc.shape != (n, d) or scale.shape != (n, d):
+            raise ValueError(f"loc and scale must have shape ({n}, {d}), got {loc.shape} and "
+                             f"{scale.shape}")
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("every code scale must be positive and finite")
+        self.loc = nn.Parameter(torch.tensor(loc, dtype=dtype))
+        self.log_scale = nn.Parameter(torch.tensor(np.log(scale), dtype=dtype))
+        self.code_lr_scale = float(code_lr_scale)
+        self.gaussian = isinstance(model.prior, StandardNormal)
+
+    def parameter_groups(self) -> list[dict]:
+        codes = [self.loc, self.log_scale]
+        rest = [p for p in self.generative_parameters() if not any(p is c for c in codes)]
+        return [{"params": rest}, {"params": codes, "lr_scale": self.code_lr_scale}]
+
+    def codes(self, idx: torch.Tensor, eps: torch.Tensor):
+        """Draws ``z = g(μ_n + s_n ε)`` for the indices ``idx`` and noise ``ε`` of shape
+        ``(..., len(idx), d)`` (``g`` the identity, or the sigmoid for the uniform prior), and
+        ``−KL(N_n ‖ p)`` (shape of ``ε`` without its last axis; exact for the normal prior, from
+        the same draw for the uniform)."""
+        loc, log_s = self.loc[idx], self.log_scale[idx]
+        u = loc + log_s.exp() * eps
+        if self.gaussian:
+            neg_kl = -0.5 * (loc.square() + (2 * log_s).exp() - 1.0 - 2 * log_s).sum(-1)
+            return u, neg_kl.expand(eps.shape[:-1])
+        entropy = (log_s + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+        return torch.sigmoid(u), entropy + (F.logsigmoid(u) + F.logsigmoid(-u)).sum(-1)
+
+    def terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``T_n``, one draw per index: ``Σ_i W_in log N(x_i; f(z_n), σ²I) − m_n KL(N_n ‖ p)``."""
+        z, neg_kl = self.codes(idx, eps)
+        mean = self.model.decoder(z)
+        return _smoothed_log_lik(self, idx, mean) + self.mass[idx] * neg_kl
+
+    def forward(self, x, idx) -> BoundEstimate:
+        eps = batch_normal((idx.shape[0], self.loc.shape[1]), self.loc.dtype, self.loc.device,
+                           batch_dim=0)
+        return BoundEstimate(self.terms(idx, eps).mean(), passes=idx.shape[0])
+
+    @torch.no_grad()
+    def per_point(self, points: np.ndarray | None = None, n_samples: int = 1,
+                  generator: torch.Generator | None = None) -> dict:
+        """``L_i`` for every training point (or the training points ``points``), each code's
+        expectation by ``n_samples`` draws (``N · n_samples`` decoder passes; for evaluation).
+        Summed over all points it equals the mean over the draws of ``Σ_n T_n``."""
+        n, d = self.loc.shape
+        eps = torch.randn((n_samples, n, d), dtype=self.loc.dtype, generator=generator)
+        return {"bound": self.per_point_given(eps.to(self.loc.device), points)}
+
+    @torch.no_grad()
+    def per_point_given(self, eps: torch.Tensor, points: np.ndarray | None = None) -> np.ndarray:
+        """``L_i`` with every code's expectation the mean over the given noise ``ε`` of shape
+        ``(S, N, d)``."""
+        n = self.loc.shape[0]
+        idx = torch.arange(n, device=self.loc.device)
+        z, neg_kl = self.codes(idx, eps)
+        mean = self.model.decoder(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1] + (-1,))
+        lik = self.model.likelihood
+        W = self.weights if points is None else self.weights[np.asarray(points)]
+        W = W.tocoo()
+        rows = torch.as_tensor(W.row, device=mean.device)
+        cols = torch.as_tensor(W.col, device=mean.device)
+        X = torch.as_tensor(self.X, dtype=mean.dtype, device=mean.device)
+        if points is not None:
+            X = X[torch.as_tensor(np.asarray(points), device=mean.device)]
+        log_lik = lik.log_prob(X[rows].unsqueeze(0), mean[:, cols])  # (S, nnz)
+        inner = (log_lik + neg_kl[:, cols]).mean(0)
+        w = torch.as_tensor(W.data, dtype=mean.dtype, device=mean.device)
+        out = torch.zeros(W.shape[0], dtype=mean.dtype, device=mean.device)
+        return out.index_add_(0, rows, w * inner).cpu().numpy()
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict:
+        """The mean bound over every training point, one draw per code (``N`` passes), and the
+        median code scale."""
+        n = self.loc.shape[0]
+        bound = self(None, torch.arange(n, device=self.loc.device)).value
+        return {"bound_full": float(bound), "code_scale": float(self.log_scale.exp().median())}
 
 
 class _EncoderObjective(Objective):

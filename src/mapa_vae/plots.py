@@ -71,7 +71,10 @@ def _decoder_grid(prior, n: int) -> np.ndarray:
 
 
 def _draw_decoder(ax, decode, prior, color, label, ls="-"):
-    """The image of the latent space in the data plane: a curve (1-D) or mesh lines (2-D)."""
+    """The image of the latent space in the data plane: a curve (1-D) or mesh lines (2-D);
+    nothing above two latent dimensions."""
+    if prior.latent_dim > 2:
+        return
     grid = _decoder_grid(prior, 400 if prior.latent_dim == 1 else 9)
     if prior.latent_dim == 1:
         curve = decode(grid)

@@ -97,7 +97,7 @@ class Trainer:
         self.progress = progress and (shard is None or shard.rank == 0)
         if shard is not None:
             shard.rows(self.batch_size)  # a clear error now if the batch cannot be shared
-        self.generative_optimizer = torch.optim.Adam(objective.generative_parameters(),
+        self.generative_optimizer = torch.optim.Adam(objective.parameter_groups(),
                                                      lr=config.learning_rate)
         inference = objective.inference_parameters()
         self.inference_optimizer = (torch.optim.Adam(inference, lr=config.learning_rate)
@@ -217,7 +217,7 @@ class Trainer:
         for optimizer in (self.generative_optimizer, self.inference_optimizer):
             if optimizer is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _check_gradients(self) -> None:
         for group in self.generative_optimizer.param_groups:
