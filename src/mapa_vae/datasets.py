@@ -120,7 +120,9 @@ def _blobs(twin: bool) -> GroundTruth:
         cols = torch.exp(-(centres - z[:, 1:]) ** 2 / (2 * width**2))  # (n, 16): over j
         return (rows[:, :, None] * cols[:, None, :]).flatten(1)
 
-    return GroundTruth("uniform", f, sigma=0.2, latent_dim=2, name="blobs")
+    truth = GroundTruth("uniform", f, sigma=0.2, latent_dim=2, name="blobs")
+    truth.image_shape = (16, 16)  # figures draw its data as images
+    return truth
 
 
 BUILT_IN = {
