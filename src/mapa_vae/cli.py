@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="compute MAPA on a built-in dataset and compare it with "
                                          "the true posterior")
     p.add_argument("--dataset", default="circle",
-                   help=f"one of {', '.join(datasets.names())}, or path/to/file.py:object")
+                   help=f"one of {', '.join(datasets.names(include_all=True))}, or "
+                        f"path/to/file.py:object")
     p.add_argument("--twin", action="store_true", help="use the dataset's non-identifiable twin")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=200)
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train one method on samples of a ground truth, then "
                                         "score the continuous model by its test KL.")
     p.add_argument("--dataset", default="circle",
-                   help=f"one of {', '.join(datasets.names())}, or path/to/file.py:object")
+                   help=f"one of {', '.join(datasets.names(include_all=True))}, or "
+                        f"path/to/file.py:object")
     p.add_argument("--twin", action="store_true", help="use the dataset's non-identifiable twin")
     p.add_argument("--method", default="mapa", choices=METHOD_NAMES)
     p.add_argument("--samples", type=_positive_int, default=None,
@@ -230,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "optimiser, batch, steps and sigma), in parallel and resumable; write "
                     "results.json, results.csv, summary.md and figures.")
     p.add_argument("--datasets", nargs="+", default=None,
-                   help=f"default: all built-in ({' '.join(datasets.names())})")
+                   help=f"default: {' '.join(datasets.names())}; also built in: "
+                        f"{' '.join(sorted(datasets.NOT_DEFAULT))} (run only when named)")
     p.add_argument("--methods", nargs="+", default=None,
                    help=f"default: {' '.join(METHODS)} (any iwae-S or prior-is-S)")
     p.add_argument("--seeds", type=_positive_int, default=None, help="default 5")

@@ -96,6 +96,8 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
     Left: training data, model samples and the learned ``f_θ`` (its curve, or mesh lines for a
     2-D latent) in the data plane; for 1-D data, the histogram with the true and model densities.
     Middle: ``f_θ`` and the true ``f`` per output coordinate against ``u = F(z)`` (1-D latent).
+    For a ground truth with an ``image_shape`` attribute ``(H, W)`` (``blobs``) and a latent of
+    dimension 1 or 2: training images at the left, ``f_θ`` on a grid of codes in the middle.
     Right: the training objective and, if measured, the test KL against cumulative passes.
     """
     fig, (data_ax, decoder_ax, history_ax) = plt.subplots(1, 3, figsize=(16, 4.6))
@@ -104,7 +106,14 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
     def true_f(z):
         return truth.mean(z)
 
-    if X_train.shape[1] == 1:
+    image_shape = getattr(truth, "image_shape", None)  # (H, W) when each row is an image
+    as_images = image_shape is not None and estimator.model_.latent_dim <= 2
+    if as_images:
+        _image_panel(data_ax, X_train[:25], image_shape, f"{title or truth.name}: training data")
+        grid = _decoder_grid(estimator.model_.prior, 5).reshape(-1, estimator.model_.latent_dim)
+        _image_panel(decoder_ax, estimator.decode(grid), image_shape,
+                     "learned f_θ on a 5 × 5 grid of prior quantiles")
+    elif X_train.shape[1] == 1:
         x = X_train[:, 0]
         lo, hi = np.percentile(x, [0.1, 99.9])
         pad = 0.1 * (hi - lo)
@@ -121,10 +130,11 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
         _draw_decoder(data_ax, true_f, truth.prior, "k", "true f", ls="--")
         _draw_decoder(data_ax, estimator.decode, estimator.model_.prior, "tab:red", "learned f_θ")
         data_ax.set(xlabel="x[0]", ylabel=f"x[{X_train.shape[1] - 1}]", aspect="equal")
-    data_ax.set_title(title or truth.name)
-    data_ax.legend(loc="best", fontsize=8)
+    if not as_images:
+        data_ax.set_title(title or truth.name)
+        data_ax.legend(loc="best", fontsize=8)
 
-    if estimator.model_.latent_dim == 1:
+    if estimator.model_.latent_dim == 1 and not as_images:
         u = np.linspace(0.002, 0.998, 500)
         z = estimator.model_.prior.icdf(torch.from_numpy(u[:, None])).numpy()
         learned, true = estimator.decode(z), true_f(truth.prior.icdf(
@@ -136,7 +146,7 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
         decoder_ax.set(xlabel="u = F(z), the prior's CDF", ylabel="decoder output",
                        title="learned and true decoder (identifiable only up to a twin)")
         decoder_ax.legend(loc="best", fontsize=7)
-    else:
+    elif not as_images:
         decoder_ax.axis("off")
         decoder_ax.text(0.5, 0.5, "latent dimension 2:\nmesh lines of f_θ at the left",
                         ha="center", va="center")
@@ -157,20 +167,26 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
     return fig
 
 
+def _image_panel(ax, images, image_shape: tuple[int, int], title: str):
+    """Images given as rows of length ``H·W`` (values shown on [0, 1], clipped), laid out in a
+    square grid on ``ax``."""
+    h, w = image_shape
+    side = int(np.ceil(np.sqrt(len(images))))
+    mosaic = np.ones((side * (h + 1) - 1, side * (w + 1) - 1))
+    for i, image in enumerate(np.clip(images, 0.0, 1.0)):
+        r, c = divmod(i, side)
+        mosaic[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image.reshape(h, w)
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+
+
 def image_grid(panels: dict, image_shape: tuple[int, int], title: str = ""):
     """One mosaic per panel: ``panels[name]`` holds images as rows of length ``H·W`` (values
     shown on [0, 1], clipped), laid out in a square grid."""
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    h, w = image_shape
     for ax, (name, images) in zip(axes[0], panels.items()):
-        side = int(np.ceil(np.sqrt(len(images))))
-        mosaic = np.ones((side * (h + 1) - 1, side * (w + 1) - 1))
-        for i, image in enumerate(np.clip(images, 0.0, 1.0)):
-            r, c = divmod(i, side)
-            mosaic[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = image.reshape(h, w)
-        ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
+        _image_panel(ax, images, image_shape, name)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
