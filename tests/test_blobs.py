@@ -38,8 +38,8 @@ def test_constants(twin):
 
 
 def test_reachable_by_name_but_not_in_the_default_list():
-    assert "blobs" not in datasets.names()
-    assert datasets.names(include_all=True) == datasets.names() + ["blobs"]
+    assert "blobs" not in datasets.names() and "linear-gaussian" not in datasets.names()
+    assert datasets.names(include_all=True) == datasets.names() + ["linear-gaussian", "blobs"]
     assert "blobs" not in BenchConfig().datasets
     runs = BenchConfig(datasets=["blobs"], methods=["mapa", "vae"], seeds=1).runs()
     assert [(r.dataset, r.method) for r in runs] == [("blobs", "mapa"), ("blobs", "vae")]
