@@ -14,7 +14,7 @@ figure-8        N(0,1)   (cos 2πt, ½ sin 4πt)  (lemniscate of Gerono)   0.05 
 clusters        N(0,1)   2 (cos ½πs, sin ½πs), s = Σ_{j=1}^{3} σ((t − j/4)/0.01)   0.1    f(−z)
 swiss-roll      U[0,1]²  (φ cos φ / 10, 2 z₂, φ sin φ / 10), φ = 1.5π(1 + 2 z₁)   0.05   (z₁, z₂) ↦ (1 − z₁, 1 − z₂)
 linear-gaussian N(0,I₈)  A z + b  (D = 64)                             0.3    A Q z + b, Q orthogonal
-blobs           U[0,1]²  16 × 16 image of a Gaussian blob centred at z (below)   0.2    (z₁, z₂) ↦ (1 − z₁, 1 − z₂)
+blobs           U[0,1]²  16 × 16 image, a Gaussian blob at z (below)   0.2    (z₁, z₂) ↦ (1 − z₁, 1 − z₂)
 =============== ======== ============================================= ====== ======================
 
 ``clusters`` puts almost all mass on four centres 2.8 apart (28 σ) joined by thin bridges.
@@ -38,8 +38,8 @@ with the 256² default grid, against 512², it is below 0.006 nats per point at 
 (0.011 at ``σ = 0.15``, 0.024 at ``σ = 0.1``; means 8e-5 to 2e-4; 1000 points each, see
 ``benchmarks/quadrature_accuracy.py``). The twin ``f(1 − z)`` is the image turned by 180° (the
 pixel grid is symmetric), a different image for every ``z ≠ (½, ½)``; ``z ↦ 1 − z`` preserves
-``U[0,1]²`` with ``|det| = 1``, so ``p_twin(x) = p(x)`` and ``p_twin(z | x) = p(1 − z | x)``. It also
-maps the equal-mass grid onto itself, so both quadratures sum the same terms. Its quadrature
+``U[0,1]²`` with ``|det| = 1``, so ``p_twin(x) = p(x)`` and ``p_twin(z | x) = p(1 − z | x)``. It
+also maps the equal-mass grid onto itself, so both quadratures sum the same terms. Its quadrature
 costs about 25 s per 1000 points on one core, so it is not among the default :func:`names` (the
 bench's default datasets); ask for it by name. Nor is ``linear-gaussian``: each trained
 model's marginal at ``d_z = 8`` goes through the importance-sampling evaluator.
