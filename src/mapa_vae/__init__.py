@@ -7,10 +7,11 @@ from . import datasets
 from .empirical import EmpiricalizedModel
 from .estimators import (IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDensity, VAEDensity,
                          make_estimator)
-from .evaluation import KLEstimate, compare_posteriors, log_marginal, test_kl
-from .ground_truth import GroundTruth
+from .evaluation import ImportanceEstimate, KLEstimate, compare_posteriors, log_marginal, test_kl
+from .ground_truth import GroundTruth, LinearGaussian
 from .likelihood import GaussianLikelihood
 from .mapa import MAPAPosterior
+from .marginal import estimate_log_marginal
 from .priors import StandardNormal, Uniform
 
 __version__ = "0.1.0"
@@ -20,8 +21,10 @@ __all__ = [
     "GaussianLikelihood",
     "GroundTruth",
     "IWAEDensity",
+    "ImportanceEstimate",
     "KLEstimate",
     "LaggingVAEDensity",
+    "LinearGaussian",
     "MAPADensity",
     "MAPAPosterior",
     "PriorISDensity",
@@ -30,6 +33,7 @@ __all__ = [
     "VAEDensity",
     "compare_posteriors",
     "datasets",
+    "estimate_log_marginal",
     "log_marginal",
     "make_estimator",
     "test_kl",
