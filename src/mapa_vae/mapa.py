@@ -67,6 +67,17 @@ def kernel_log_weights(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
     return logits - logsumexp(logits, axis=1, keepdims=True)
 
 
+def _normalised_kernel(sqdist: np.ndarray, bandwidth: float):
+    """Row-normalised ``K_h`` from squared distances, computed in place in ``sqdist`` (shifted by
+    each row's nearest, so the largest entry is ``exp(0)``); returns it and the shifted row sums."""
+    sqdist -= sqdist.min(axis=1, keepdims=True)
+    sqdist *= -0.5 / bandwidth**2
+    np.exp(sqdist, out=sqdist)
+    row_sum = sqdist.sum(axis=1)
+    sqdist /= row_sum[:, None]
+    return sqdist, row_sum
+
+
 def loo_log_likelihood(sqdist_others: np.ndarray, bandwidth: float, n_features: int) -> float:
     """Mean leave-one-out log-likelihood of the Gaussian KDE with scale ``bandwidth``.
 
@@ -293,11 +304,7 @@ class MAPAPosterior:
         chunk = max(1, 4_000_000 // n)
         for start in range(0, n_rows, chunk):
             block = rows[start:start + chunk]
-            weights = cdist(X[block], X, "sqeuclidean")
-            weights -= weights.min(axis=1, keepdims=True)
-            weights *= -0.5 / self.bandwidth_**2
-            np.exp(weights, out=weights)
-            weights /= weights.sum(axis=1, keepdims=True)
+            weights, _ = _normalised_kernel(cdist(X[block], X, "sqeuclidean"), self.bandwidth_)
             largest_first = -np.partition(-weights, [s - 1 for s in sizes], axis=1)
             kept[start:start + len(block)] = np.cumsum(largest_first, axis=1)[:, [s - 1 for s
                                                                                   in sizes]]
@@ -347,14 +354,8 @@ class MAPAPosterior:
         n_rows, k = sqdist.shape
         n_fit = self.X_fit_.shape[0]
         inv = 0.5 / self.bandwidth_**2
-        nearest = sqdist.min(axis=1, keepdims=True)
-        spread = sqdist.max(axis=1) - nearest[:, 0]  # farthest kept, relative to the nearest
-        kernel = sqdist
-        kernel -= nearest
-        kernel *= -inv
-        np.exp(kernel, out=kernel)
-        row_sum = kernel.sum(axis=1)
-        kernel /= row_sum[:, None]
+        spread = sqdist.max(axis=1) - sqdist.min(axis=1)  # farthest kept, relative to nearest
+        kernel, row_sum = _normalised_kernel(sqdist, self.bandwidth_)
         indices = np.ascontiguousarray(idx).ravel()
         indptr = np.arange(0, n_rows * k + 1, k, dtype=indices.dtype)
         weights = sparse.csr_matrix((kernel.ravel(), indices, indptr), shape=(n_rows, n_fit))
