@@ -125,14 +125,14 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
             learning_rate: float, extra: dict | None = None, evaluator: str = "one") -> dict:
     import torch
 
-    from mapa_vae.estimators import base_method, make_estimator
+    from mapa_vae.methods import family, make_estimator
 
     torch.set_num_threads(1)
     X, X_test = digits(seed)
     params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=steps, batch_size=100,
                   learning_rate=learning_rate, lr_schedule="cosine", log_every=500,
                   random_state=seed)
-    if base_method(method) == "mapa":
+    if family(method) == "mapa":
         params.update(features=features)
     if method == "iwae":
         params.update(n_samples=10)
@@ -275,10 +275,9 @@ def main() -> None:
                         help="override the protocol's learning rate of a method, e.g. vae=0.01")
     parser.add_argument("--out", default="bench-results/digits")
     args = parser.parse_args()
-    from mapa_vae.estimators import base_method
-    from mapa_vae.experiment import LEARNING_RATES
+    from mapa_vae.methods import METHODS as ALL_METHODS
 
-    args.rates = {m: LEARNING_RATES[base_method(m)] for m in args.methods}
+    args.rates = {m: ALL_METHODS[m].learning_rate for m in args.methods}
     for item in args.learning_rate:
         method, _, rate = item.partition("=")
         if method not in args.rates:

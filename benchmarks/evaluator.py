@@ -177,8 +177,8 @@ def ais_part() -> list[dict]:
 def digits_part(seeds: int, steps: int, methods: list[str]) -> list[dict]:
     from digits import HIDDEN, digits
 
-    from mapa_vae.estimators import make_estimator
-    from mapa_vae.experiment import LEARNING_RATES
+    from mapa_vae.methods import make_estimator
+    from mapa_vae.methods import METHODS
     from mapa_vae.networks import differentiable_decoder
 
     rows = []
@@ -186,7 +186,7 @@ def digits_part(seeds: int, steps: int, methods: list[str]) -> list[dict]:
         X, X_test = digits(seed)
         for method in methods:
             params = dict(latent_dim=2, hidden=HIDDEN, steps=steps, batch_size=100,
-                          learning_rate=LEARNING_RATES[method], lr_schedule="cosine",
+                          learning_rate=METHODS[method].learning_rate, lr_schedule="cosine",
                           log_every=500, random_state=seed)
             if method == "mapa":
                 params.update(features=16)

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from mapa_vae import MAPADensity, datasets
-    from mapa_vae.experiment import LEARNING_RATES
+    from mapa_vae.methods import METHODS
     from mapa_vae.files import write_json
 
     truth = datasets.get(args.dataset)
@@ -47,7 +47,7 @@ def main() -> None:
     log_p_true = truth.log_prob(X_test)
 
     est = MAPADensity(sigma=truth.sigma, latent_dim=truth.latent_dim, prior=truth.prior,
-                      steps=args.steps, batch_size=100, learning_rate=LEARNING_RATES["mapa"],
+                      steps=args.steps, batch_size=100, learning_rate=METHODS["mapa"].learning_rate,
                       lr_schedule="cosine", log_every=args.log_every, random_state=args.seed,
                       verbose=True, n_neighbors=(args.n_neighbors if args.n_neighbors == "auto"
                                                  else int(args.n_neighbors)))

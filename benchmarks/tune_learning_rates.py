@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mapa_vae.bench import METHODS, BenchConfig, run_bench, summarize
+from mapa_vae.bench import BenchConfig, run_bench, summarize
+from mapa_vae.methods import BENCH_LABELS as METHODS
 
 FLOOR = 1e-3
 
@@ -30,8 +31,8 @@ def main() -> None:
     score = {}  # (method, rate) -> geometric mean of the median test KL over datasets
     medians = {}
     for rate in args.rates:
-        config = BenchConfig(seeds=args.seeds, first_seed=100, learning_rate=rate,
-                             lr_schedule="cosine", eval_every=0, n_test=2000)
+        config = BenchConfig.from_settings(seeds=args.seeds, first_seed=100, learning_rate=rate,
+                                           lr_schedule="cosine", eval_every=0, n_test=2000)
         rows = summarize(run_bench(config, out / f"lr{rate:g}"))
         for method in METHODS:
             kl = [max(r["test_kl_median"], FLOOR) for r in rows if r["label"] == method]

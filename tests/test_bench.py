@@ -13,11 +13,13 @@ import time
 import pytest
 
 from mapa_vae import bench as bench_module
-from mapa_vae.bench import (METHODS, QUICK, BenchConfig, folder_name, parse_method, run_bench,
-                            run_dir, summarize, targets)
+from mapa_vae.bench import (QUICK, BenchConfig, folder_name, run_bench, run_dir, summarize,
+                            targets)
 from mapa_vae.cli import main
-from mapa_vae.estimators import base_method
-from mapa_vae.experiment import LEARNING_RATES, RunConfig
+from mapa_vae.experiment import RunConfig
+from mapa_vae.methods import BENCH_LABELS as METHODS
+from mapa_vae.methods import get as get_method
+from mapa_vae.methods import parse_label as parse_method
 
 TINY = {"datasets": ["absolute-value"], "methods": ["mapa", "prior-is-20"], "seeds": 2,
         "steps": 20, "n_train": 60, "n_test": 50, "eval_every": 10, "n_eval": 20, "jobs": 2}
@@ -45,22 +47,22 @@ def test_bad_method_labels(label, message):
 
 
 def test_every_run_shares_the_protocol():
-    runs = BenchConfig(datasets=["circle", "spiral"], methods=METHODS, seeds=3).runs()
+    runs = BenchConfig.from_settings(datasets=["circle", "spiral"], methods=METHODS, seeds=3).runs()
     assert len(runs) == 2 * len(METHODS) * 3
-    shared = {(r.steps, r.batch_size, r.lr_schedule, r.n_train, tuple(r.hidden), r.learn_sigma)
-              for r in runs}
+    shared = {(r.training.steps, r.training.batch_size, r.training.lr_schedule, r.n_train,
+               tuple(r.hidden), r.learn_sigma) for r in runs}
     assert shared == {(3000, 100, "cosine", 1000, (64, 64), False)}
-    assert all(r.learning_rate == LEARNING_RATES[base_method(r.method)] for r in runs)
-    fixed = BenchConfig(datasets=["circle"], methods=["mapa", "vae"], learning_rate=0.002)
-    assert {r.learning_rate for r in fixed.runs()} == {0.002}
+    assert all(r.training.learning_rate == get_method(r.method).learning_rate for r in runs)
+    fixed = BenchConfig.from_settings(datasets=["circle"], methods=["mapa", "vae"], learning_rate=0.002)
+    assert {r.training.learning_rate for r in fixed.runs()} == {0.002}
     assert {r.label for r in runs} == set(METHODS)
     with pytest.raises(ValueError, match="unknown dataset"):
-        BenchConfig(datasets=["nope"]).runs()
+        BenchConfig.from_settings(datasets=["nope"]).runs()
 
 
 @pytest.mark.slow
 def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
-    config = BenchConfig(**TINY)
+    config = BenchConfig.from_settings(**TINY)
     first = run_bench(config, tmp_path, progress=False)
     assert len(first) == 4
     stamps = {rc.label + str(rc.seed): (run_dir(tmp_path, rc) / "metrics.json").stat().st_mtime_ns
@@ -74,7 +76,7 @@ def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
     for a, b in zip(first, second):  # the redone run gives the same numbers
         assert a["test_kl"] == b["test_kl"] and a["total_passes"] == b["total_passes"]
     with pytest.raises(ValueError, match="different protocol"):
-        run_bench(BenchConfig(**{**TINY, "steps": 30}), tmp_path, progress=False)
+        run_bench(BenchConfig.from_settings(**{**TINY, "steps": 30}), tmp_path, progress=False)
     rows = summarize(second)
     assert {(r["label"], r["seeds"]) for r in rows} == {("mapa", 2), ("prior-is-20", 2)}
     checks = targets(second, rows)
@@ -170,7 +172,7 @@ def test_file_datasets_are_named_in_the_results_and_run_inside_out(tmp_path):
 
 def test_a_dataset_given_twice_is_refused():
     with pytest.raises(ValueError, match="dataset 'circle' is given more than once"):
-        BenchConfig(datasets=["circle", "circle"]).runs()
+        BenchConfig.from_settings(datasets=["circle", "circle"]).runs()
 
 
 # --- progress and Ctrl-C -----------------------------------------------------------------------
@@ -196,7 +198,7 @@ class _Counter:
 def test_a_worker_counts_its_steps_as_they_are_logged_pilot_runs_included(tmp_path, monkeypatch):
     counter, stop = _Counter(), threading.Event()
     monkeypatch.setattr(bench_module, "_shared", (counter, stop))
-    config = RunConfig(dataset="circle", n_train=100, n_test=20, steps=60, batch_size=50,
+    config = RunConfig.from_settings(dataset="circle", n_train=100, n_test=20, steps=60, batch_size=50,
                        log_every=10, extra={"pilot_steps": 10}).validate()
     metrics = bench_module._work(config, str(tmp_path / "run"), str(tmp_path / "truth"), "circle")
     # three candidates' pilots of 10 steps each, then the chosen one's 30 more: 60 in all
@@ -217,7 +219,7 @@ def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     # one worker takes the runs in order, longest expected first; these two are expected to
     # cost the same, so the quick one (S = 1) runs first and the slow one (S = 500) is still
     # running when the first metrics.json appears
-    runs = BenchConfig(datasets=["absolute-value"], methods=["prior-is-1", "prior-is-500"],
+    runs = BenchConfig.from_settings(datasets=["absolute-value"], methods=["prior-is-1", "prior-is-500"],
                        seeds=1, steps=200).runs()
     assert bench_module._expected_cost(runs[0]) == bench_module._expected_cost(runs[1])
     # a new session, so that SIGINT goes to the bench and its workers as Ctrl-C would; Python's

@@ -59,7 +59,7 @@ def test_two_gloo_processes_give_one_process_result(tmp_path, method):
 def test_shares_sum_to_the_whole_batch_gradient(method):
     """The data-parallel step's arithmetic: each share's bound weighted by its rows, noise taken
     from the whole batch's, summed over shares, is the whole batch's gradient."""
-    from mapa_vae.estimators import make_estimator
+    from mapa_vae.methods import make_estimator
 
     X, _ = datasets.get("circle").sample(200, seed=0)
     trainer = make_estimator(method, sigma=0.1, steps=5, random_state=0,

@@ -5,12 +5,15 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mapa_vae import datasets, test_kl
-from mapa_vae.estimators import (ESTIMATORS, DiscretePosterior, GaussianPosterior, IWAEDensity,
+from mapa_vae.estimators import (DiscretePosterior, GaussianPosterior, IWAEDensity,
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
-                                 VAEDensity, make_estimator)
+                                 VAEDensity)
+from mapa_vae.methods import METHODS, make_estimator
 from mapa_vae.objectives import GaussianCodesBound, MAPABound
 
 SMALL = {"steps": 3, "batch_size": 10, "log_every": 1, "random_state": 0}
+#: One method per estimator class.
+ESTIMATORS = {m.family: m.estimator for m in METHODS.values()}
 
 
 # scikit-learn generates the checks that apply to an unsupervised density estimator (no

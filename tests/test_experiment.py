@@ -8,16 +8,17 @@ import pytest
 from mapa_vae import datasets
 from mapa_vae.cli import main
 from mapa_vae.estimators import MAPADensity
-from mapa_vae.experiment import LEARNING_RATES, RunConfig, build_estimator, run, sample_data
+from mapa_vae.experiment import RunConfig, build_estimator, run, sample_data
+from mapa_vae.methods import METHODS
 
 TINY = {"n_train": 120, "n_test": 200, "steps": 20, "batch_size": 40, "log_every": 10}
 
 
 def test_every_method_of_a_seed_sees_the_same_data():
     truth = datasets.get("circle")
-    a = sample_data(RunConfig(method="mapa", seed=3, **TINY), truth)
-    b = sample_data(RunConfig(method="iwae", seed=3, **TINY), truth)
-    c = sample_data(RunConfig(method="mapa", seed=4, **TINY), truth)
+    a = sample_data(RunConfig.from_settings(method="mapa", seed=3, **TINY), truth)
+    b = sample_data(RunConfig.from_settings(method="iwae", seed=3, **TINY), truth)
+    c = sample_data(RunConfig.from_settings(method="mapa", seed=4, **TINY), truth)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a[0], c[0])
@@ -26,20 +27,20 @@ def test_every_method_of_a_seed_sees_the_same_data():
 
 def test_the_protocol_is_shared_across_methods():
     truth = datasets.get("quadratic")
-    mapa = build_estimator(RunConfig(dataset="quadratic", method="mapa", **TINY), truth)
-    iwae = build_estimator(RunConfig(dataset="quadratic", method="iwae", samples=5, **TINY),
+    mapa = build_estimator(RunConfig.from_settings(dataset="quadratic", method="mapa", **TINY), truth)
+    iwae = build_estimator(RunConfig.from_settings(dataset="quadratic", method="iwae", samples=5, **TINY),
                            truth)
     shared = ("sigma", "latent_dim", "prior", "hidden", "steps", "batch_size", "lr_schedule",
               "random_state")
     assert all(mapa.get_params()[k] == iwae.get_params()[k] for k in shared)
     assert mapa.sigma == truth.sigma and iwae.n_samples == 5
-    assert RunConfig(method="iwae").label == "iwae-10"
-    assert RunConfig(method="prior-is", samples=7).label == "prior-is-7"
+    assert RunConfig.from_settings(method="iwae").label == "iwae-10"
+    assert RunConfig.from_settings(method="prior-is", samples=7).label == "prior-is-7"
 
 
 def test_run_writes_its_files_and_the_metrics_agree_with_them(tmp_path):
     out = tmp_path / "run"
-    metrics = run(RunConfig(method="mapa", eval_every=10, **TINY), out)
+    metrics = run(RunConfig.from_settings(method="mapa", eval_every=10, **TINY), out)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "fit.png", "history.csv",
                                                      "metrics.json"]
     assert json.loads((out / "metrics.json").read_text()) == metrics
@@ -60,9 +61,9 @@ def test_run_writes_its_files_and_the_metrics_agree_with_them(tmp_path):
 
 
 def test_a_run_is_reproducible_from_its_seed():
-    a = run(RunConfig(dataset="absolute-value", method="vae", seed=2, **TINY))
-    b = run(RunConfig(dataset="absolute-value", method="vae", seed=2, **TINY))
-    c = run(RunConfig(dataset="absolute-value", method="vae", seed=5, **TINY))
+    a = run(RunConfig.from_settings(dataset="absolute-value", method="vae", seed=2, **TINY))
+    b = run(RunConfig.from_settings(dataset="absolute-value", method="vae", seed=2, **TINY))
+    c = run(RunConfig.from_settings(dataset="absolute-value", method="vae", seed=5, **TINY))
     for key in ("test_kl", "test_kl_se", "final_objective", "total_passes"):
         assert a[key] == b[key]
     assert a["test_kl"] != c["test_kl"]
@@ -79,7 +80,7 @@ def test_a_run_is_reproducible_from_its_seed():
 ])
 def test_bad_settings_are_refused_and_nothing_is_written(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
-        run(RunConfig(**{**TINY, **change}), tmp_path / "out")
+        run(RunConfig.from_settings(**{**TINY, **change}), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -116,7 +117,7 @@ def test_fit_command_refuses_an_unknown_method(tmp_path):
 
 
 def test_the_oracle_ablation_starts_from_the_true_codes():
-    config = RunConfig(method="mapa", init="oracle", **TINY)
+    config = RunConfig.from_settings(method="mapa", init="oracle", **TINY)
     assert config.label == "mapa-oracle"
     truth = datasets.get("circle")
     X, Z, _ = sample_data(config, truth)
@@ -127,11 +128,12 @@ def test_the_oracle_ablation_starts_from_the_true_codes():
 
 
 def test_mapa_variants_are_methods_of_their_own():
-    config = RunConfig(method="mapa-identity", **TINY).validate()
-    assert config.label == "mapa-identity" and config.learning_rate == LEARNING_RATES["mapa"]
+    config = RunConfig.from_settings(method="mapa-identity", **TINY).validate()
+    assert config.label == "mapa-identity"
+    assert config.training.learning_rate == METHODS["mapa"].learning_rate
     estimator = build_estimator(config, datasets.get("circle"))
     assert estimator.weights == "identity" and estimator.init == "auto"
-    metrics = run(RunConfig(dataset="swiss-roll", method="mapa-gaussian", **TINY))
+    metrics = run(RunConfig.from_settings(dataset="swiss-roll", method="mapa-gaussian", **TINY))
     assert metrics["label"] == "mapa-gaussian" and np.isfinite(metrics["bound"])
     assert "gap" not in metrics  # the continuous model's bound has no empiricalized log p̂
 

@@ -5,12 +5,12 @@ MAPA (model-agnostic posterior approximation) is a deterministic posterior over 
 """
 from . import datasets
 from .empirical import EmpiricalizedModel
-from .estimators import (IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDensity, VAEDensity,
-                         make_estimator)
+from .estimators import IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDensity, VAEDensity
 from .evaluation import ImportanceEstimate, KLEstimate, compare_posteriors, log_marginal, test_kl
 from .ground_truth import GroundTruth, LinearGaussian
 from .likelihood import GaussianLikelihood
 from .mapa import MAPAPosterior
+from .methods import make_estimator
 from .marginal import estimate_log_marginal
 from .priors import StandardNormal, Uniform
 

@@ -28,72 +28,52 @@ import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import datasets
-from .estimators import METHOD_NAMES, base_method
-from .experiment import SAMPLE_DEFAULTS, RunConfig
+from .experiment import RunConfig
+from .methods import BENCH_LABELS, parse_label
+from .methods import get as get_method
+from .trainer import TrainingSettings
 from .files import write_csv, write_json, write_text
-
-#: Method labels, in report order: a method, or a method and its sample count ``S``.
-METHODS = ["mapa", "mapa-identity", "vae", "iwae-5", "iwae-10", "iwae-50", "lagging",
-           "prior-is-100"]
 
 #: ``--quick``: a smoke run of the whole pipeline.
 QUICK = {"datasets": ["circle", "quadratic"], "methods": ["mapa", "vae", "iwae-10"], "seeds": 1,
          "steps": 400, "n_train": 400, "n_test": 1000, "eval_every": 100, "n_eval": 300}
-
-#: Relative cost of a step per method (IWAE: 1 + S), to start the longest runs first.
-_COST = {"mapa": 1, "vae": 2, "lagging": 6, "prior-is": 1}
 
 CSV_COLUMNS = ["dataset", "label", "method", "seed", "test_kl", "test_kl_se", "passes_per_step",
                "total_passes", "setup_seconds", "train_seconds", "seconds", "final_objective",
                "bound", "gap", "sigma"]
 
 
-def parse_method(label: str) -> dict:
-    """A method label as run settings: ``"iwae-10"`` → ``{"method": "iwae", "samples": 10}``;
-    ``"iwae"`` takes its default ``S``; ``"mapa-oracle"`` (``"mapa-atoms-oracle"``, …) is MAPA
-    started from the true codes."""
-    for method, default in SAMPLE_DEFAULTS.items():
-        if label == method:
-            return {"method": method, "samples": default}
-        if label.startswith(method + "-"):
-            text = label[len(method) + 1:]
-            if not text.isdigit() or int(text) < 1:
-                raise ValueError(f"method {label!r}: the number of samples after {method}- must "
-                                 f"be a positive integer")
-            return {"method": method, "samples": int(text)}
-    if label.endswith("-oracle") and base_method(label[:-len("-oracle")]) == "mapa":
-        return {"method": label[:-len("-oracle")], "init": "oracle"}
-    if label not in METHOD_NAMES or label in SAMPLE_DEFAULTS:
-        raise ValueError(f"unknown method {label!r}; choose from {', '.join(METHODS)} "
-                         f"(any iwae-S or prior-is-S), or a MAPA method with -oracle")
-    return {"method": label}
-
-
 @dataclass
 class BenchConfig:
-    """The protocol shared by every run of a bench."""
+    """The protocol shared by every run of a bench; ``training``: the optimisation settings
+    (``learning_rate`` ``None``: each method's protocol rate; ``log_every`` is the largest
+    divisor of ``eval_every`` up to 100 when the curves are measured)."""
 
     datasets: list = field(default_factory=datasets.names)
-    methods: list = field(default_factory=lambda: list(METHODS))
+    methods: list = field(default_factory=lambda: list(BENCH_LABELS))
     seeds: int = 5
     first_seed: int = 0
-    steps: int = 3000
-    batch_size: int = 100
-    learning_rate: float | None = None  # None: each method's protocol rate
-    lr_schedule: str = "cosine"
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     n_train: int = 1000
     n_test: int = 5000
     eval_every: int = 250
     n_eval: int = 1000
     jobs: int = 0  # worker processes; 0: one per core
     device: str = "cpu"  # where each run trains
+
+    @classmethod
+    def from_settings(cls, **settings) -> "BenchConfig":
+        """A config from flat settings, the training settings among them (as the CLI and
+        :data:`QUICK` give them)."""
+        settings = dict(settings)
+        return cls(training=TrainingSettings.take(settings), **settings)
 
     def names(self) -> dict[str, str]:
         """Each dataset's name in the results, by spec (:func:`mapa_vae.datasets.labels`)."""
@@ -108,18 +88,19 @@ class BenchConfig:
             raise ValueError("no methods to run")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
             raise ValueError(f"seeds must be a positive integer, got {self.seeds!r}")
-        log_every = min(100, self.steps) if not self.eval_every else _log_every(self.eval_every)
+        training = self.training.validate()
+        log_every = (min(training.log_every, training.steps) if not self.eval_every
+                     else _log_every(self.eval_every))
+        training = replace(training, log_every=log_every)
         out = []
         for name in self.datasets:
             for label in self.methods:
-                settings = parse_method(label)
+                settings = parse_label(label)
                 for seed in range(self.first_seed, self.first_seed + self.seeds):
                     out.append(RunConfig(dataset=name, **settings, n_train=self.n_train,
-                                         n_test=self.n_test, steps=self.steps,
-                                         batch_size=self.batch_size, device=self.device,
-                                         learning_rate=self.learning_rate,
-                                         lr_schedule=self.lr_schedule, seed=seed,
-                                         log_every=log_every, eval_every=self.eval_every,
+                                         n_test=self.n_test, training=training,
+                                         device=self.device, seed=seed,
+                                         eval_every=self.eval_every,
                                          n_eval=self.n_eval).validate())
         return out
 
@@ -204,7 +185,7 @@ def _work(config: RunConfig, path: str, truth_cache: str, name: str) -> dict | N
 
     def add(steps: int) -> None:
         nonlocal reported
-        steps = min(steps, config.steps - reported)
+        steps = min(steps, config.training.steps - reported)
         if steps > 0:
             with counter.get_lock():
                 counter.value += steps
@@ -221,7 +202,7 @@ def _work(config: RunConfig, path: str, truth_cache: str, name: str) -> dict | N
         metrics = run(config, path, truth_cache=truth_cache, name=name, on_log=on_log)
     except _Stopped:
         return None
-    add(config.steps)
+    add(config.training.steps)
     return metrics
 
 
@@ -241,8 +222,8 @@ def _sigint_ignored():
 
 def _expected_cost(config: RunConfig) -> float:
     """Roughly proportional to a run's time, to schedule the longest first."""
-    per_step = 1 + config.samples if config.method == "iwae" else _COST[base_method(config.method)]
-    return per_step * config.steps
+    method = get_method(config.method)
+    return method.cost(config.samples or method.samples) * config.training.steps
 
 
 #: Seconds an interrupted bench waits for its workers to leave their runs before ending them.
@@ -265,9 +246,9 @@ def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> li
             results[i] = {**done, "dataset": names[rc.dataset]}
     pending.sort(key=lambda i: -_expected_cost(runs[i]))
     jobs = config.jobs or os.cpu_count() or 1
-    done_steps = sum(runs[i].steps for i in results)
-    bar = tqdm(total=sum(rc.steps for rc in runs), initial=done_steps, disable=not progress,
-               unit="step", desc="bench", dynamic_ncols=True)
+    done_steps = sum(runs[i].training.steps for i in results)
+    bar = tqdm(total=sum(rc.training.steps for rc in runs), initial=done_steps,
+               disable=not progress, unit="step", desc="bench", dynamic_ncols=True)
     bar.set_postfix_str(f"{len(results)}/{len(runs)} runs")
     try:
         if pending:
@@ -408,7 +389,7 @@ def _fmt(x: float) -> str:
 def _rates(config: BenchConfig) -> str:
     rates = {}
     for rc in config.runs():
-        rates.setdefault(rc.learning_rate, []).append(rc.label)
+        rates.setdefault(rc.training.learning_rate, []).append(rc.label)
     if len(rates) == 1:
         return f"learning rate {next(iter(rates)):g}"
     return "; ".join(f"{rate:g} for {', '.join(dict.fromkeys(labels))}"
@@ -420,8 +401,8 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
     lines = ["# Benchmark summary", "",
              f"{len(results)} runs: datasets {', '.join(config.datasets)}; methods "
              f"{', '.join(config.methods)}; {config.seeds} seed(s); N = {config.n_train}; "
-             f"{config.steps} steps, batch {config.batch_size}, Adam ({_rates(config)}, "
-             f"{config.lr_schedule} schedule); "
+             f"{config.training.steps} steps, batch {config.training.batch_size}, Adam "
+             f"({_rates(config)}, {config.training.lr_schedule} schedule); "
              f"σ fixed at the truth; 2 × 64 tanh decoder (and encoder); test KL on "
              f"{config.n_test} fresh samples, quadrature. Bench wall time {elapsed:.0f} s.", "",
              "Test KL in nats: median over seeds, its range over seeds [min, max] and the "

@@ -15,7 +15,7 @@ from . import __version__, datasets
 from .evaluation import compare_posteriors
 from .files import check_output_folder, save_figure, write_json
 from .mapa import MAPAPosterior
-from .trainer import TrainingDiverged
+from .trainer import LR_SCHEDULES, TrainingDiverged, TrainingSettings
 
 
 def _positive_int(text: str) -> int:
@@ -93,12 +93,13 @@ def fit(args) -> dict:
         shard, device = init_from_environment(args.device)
         writer = shard.rank == 0  # every rank trains the same model; one writes it
     args.writes = writer
+    training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                                log_every=min(args.log_every, args.steps))
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
-                       twin=args.twin, n_train=args.n_train, n_test=args.n_test, steps=args.steps,
-                       batch_size=args.batch_size, learning_rate=args.learning_rate,
-                       lr_schedule=args.lr_schedule, learn_sigma=args.learn_sigma, init=args.init,
-                       seed=args.seed, log_every=min(args.log_every, args.steps),
-                       eval_every=args.eval_every, device=device,
+                       twin=args.twin, n_train=args.n_train, n_test=args.n_test,
+                       training=training, learn_sigma=args.learn_sigma, init=args.init,
+                       seed=args.seed, eval_every=args.eval_every, device=device,
                        distributed=args.distributed, dtype=args.dtype)
     return run(config, args.out if writer else None, progress=writer and not args.quiet)
 
@@ -134,7 +135,8 @@ def bench(args) -> str:
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
-    summary = run_bench(BenchConfig(**settings), args.out, progress=not args.quiet)
+    summary = run_bench(BenchConfig.from_settings(**settings), args.out,
+                        progress=not args.quiet)
     if not args.no_paper_figures:
         from .figures import paper_figures
 
@@ -181,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=demo, report=_print_summary)
 
     from .atoms import METHODS as ATTACHMENTS
-    from .estimators import METHOD_NAMES
+    from .methods import METHODS
+
+    training = TrainingSettings()
+    with_samples = ", ".join(f"{m.name} (default {m.samples})" for m in METHODS.values()
+                             if m.samples)
 
     p = commands.add_parser("fit", help="train one method on a ground truth and score its density",
                             description="Train one method on samples of a ground truth, then "
@@ -190,15 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(datasets.names(include_all=True))}, or "
                         f"path/to/file.py:object")
     p.add_argument("--twin", action="store_true", help="use the dataset's non-identifiable twin")
-    p.add_argument("--method", default="mapa", choices=METHOD_NAMES)
+    p.add_argument("--method", default="mapa", choices=list(METHODS), metavar="METHOD",
+                   help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+                   + " (default mapa)")
     p.add_argument("--samples", type=_positive_int, default=None,
-                   help="S: importance samples for iwae (default 10), prior draws for prior-is "
-                        "(default 100)")
-    p.add_argument("--steps", type=_positive_int, default=3000)
-    p.add_argument("--batch-size", type=_positive_int, default=100)
+                   help=f"S, for {with_samples}")
+    p.add_argument("--steps", type=_positive_int, default=training.steps,
+                   help=f"default {training.steps}")
+    p.add_argument("--batch-size", type=_positive_int, default=training.batch_size,
+                   help=f"default {training.batch_size}")
     p.add_argument("--learning-rate", type=float, default=None,
-                   help="Adam's peak learning rate (default: the method's protocol rate)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+                   help="Adam's peak learning rate (default: the method's protocol rate, "
+                        + ", ".join(f"{m.name} {m.learning_rate:g}" for m in METHODS.values())
+                        + ")")
+    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default=training.lr_schedule,
+                   help=f"default {training.lr_schedule}")
     p.add_argument("--learn-sigma", action="store_true",
                    help="learn the noise sigma (default: fixed at the ground truth's)")
     p.add_argument("--init", default="auto", choices=ATTACHMENTS,
@@ -207,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
-    p.add_argument("--log-every", type=_positive_int, default=100)
+    p.add_argument("--log-every", type=_positive_int, default=training.log_every,
+                   help=f"steps between history rows (default {training.log_every})")
     p.add_argument("--eval-every", type=int, default=0,
                    help="also measure the test KL every this many steps (on 1000 test points)")
     p.add_argument("--seed", type=int, default=0)
@@ -224,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/fit", help="output folder")
     p.set_defaults(run=fit, report=_print_fit)
 
-    from .bench import METHODS
+    from .bench import QUICK, BenchConfig
+    from .methods import BENCH_LABELS
 
+    defaults = BenchConfig()
     p = commands.add_parser(
         "bench", help="every dataset x method x seed under one protocol; table and figures",
         description="Fit every method on every dataset for several seeds (same decoder, "
@@ -235,28 +250,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default: {' '.join(datasets.names())}; also built in: "
                         f"{' '.join(sorted(datasets.NOT_DEFAULT))} (run only when named)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help=f"default: {' '.join(METHODS)} (any iwae-S or prior-is-S)")
-    p.add_argument("--seeds", type=_positive_int, default=None, help="default 5")
+                   help=f"default: {' '.join(BENCH_LABELS)} (any "
+                        + " or ".join(f"{m.name}-S" for m in METHODS.values() if m.samples)
+                        + ", or a MAPA method with -oracle)")
+    p.add_argument("--seeds", type=_positive_int, default=None,
+                   help=f"default {defaults.seeds}")
     p.add_argument("--first-seed", type=int, default=None,
-                   help="seeds run from this one up (default 0); other seeds, other data")
-    p.add_argument("--steps", type=_positive_int, default=None, help="default 3000")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 100")
+                   help=f"seeds run from this one up (default {defaults.first_seed}); other "
+                        f"seeds, other data")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help=f"default {training.steps}")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"default {training.batch_size}")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="Adam's peak learning rate for every method (default: each method's "
                         "protocol rate)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
-                   help="default cosine")
-    p.add_argument("--n-train", type=_positive_int, default=None, help="default 1000")
-    p.add_argument("--n-test", type=_positive_int, default=None, help="default 5000")
+    p.add_argument("--lr-schedule", choices=list(LR_SCHEDULES), default=None,
+                   help=f"default {training.lr_schedule}")
+    p.add_argument("--n-train", type=_positive_int, default=None,
+                   help=f"default {defaults.n_train}")
+    p.add_argument("--n-test", type=_positive_int, default=None,
+                   help=f"default {defaults.n_test}")
     p.add_argument("--eval-every", type=int, default=None,
-                   help="steps between test-KL measurements for the curves (default 250; 0: "
-                        "none)")
-    p.add_argument("--device", default=None, help="where each run trains (default cpu)")
+                   help=f"steps between test-KL measurements for the curves (default "
+                        f"{defaults.eval_every}; 0: none)")
+    p.add_argument("--device", default=None,
+                   help=f"where each run trains (default {defaults.device})")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per "
                                                          "core)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: circle and quadratic, mapa, vae and iwae-10, one seed, "
-                        "400 steps on 400 points (other flags still apply)")
+                   help=f"a smoke run: {' and '.join(QUICK['datasets'])}; "
+                        f"{', '.join(QUICK['methods'])}; {QUICK['seeds']} seed, "
+                        f"{QUICK['steps']} steps on {QUICK['n_train']} points (other flags "
+                        f"still apply)")
     p.add_argument("--no-paper-figures", action="store_true",
                    help="skip the paper's figures 1, 3, 4 and 5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

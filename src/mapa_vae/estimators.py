@@ -884,34 +884,3 @@ class PriorISDensity(_LatentDensity):
         log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=torch.float64)
         log_post = mixture_log_responsibilities(torch.as_tensor(X), means, log_w, self.sigma_)
         return DiscretePosterior(log_post.exp().numpy(), codes)
-
-
-ESTIMATORS = {cls.method: cls for cls in (MAPADensity, VAEDensity, IWAEDensity,
-                                          LaggingVAEDensity, PriorISDensity)}
-
-
-#: Method names that are an estimator with some settings fixed: name → (estimator's method,
-#: settings). ``mapa-atoms``: MAPA over a permutation of fixed atoms; ``mapa-gaussian``: over
-#: learned Gaussian codes (``mapa`` chooses by latent dimension); ``mapa-identity``: ``mapa``
-#: trained with the identity as index posterior (no kernel smoothing).
-VARIANTS = {"mapa-atoms": ("mapa", {"codes": "atoms"}),
-            "mapa-gaussian": ("mapa", {"codes": "gaussian"}),
-            "mapa-identity": ("mapa", {"weights": "identity"})}
-
-#: Every method name :func:`make_estimator` accepts.
-METHOD_NAMES = sorted(ESTIMATORS) + sorted(VARIANTS)
-
-
-def base_method(method: str) -> str:
-    """The estimator's method behind a method name (``mapa-atoms`` → ``mapa``)."""
-    return VARIANTS[method][0] if method in VARIANTS else method
-
-
-def make_estimator(method: str, **params) -> _LatentDensity:
-    """An estimator by method name: ``mapa``, ``mapa-atoms``, ``mapa-identity``, ``vae``,
-    ``iwae``, ``lagging`` or ``prior-is`` (:data:`METHOD_NAMES`); ``params`` override a
-    variant's fixed settings."""
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHOD_NAMES}")
-    fixed = VARIANTS[method][1] if method in VARIANTS else {}
-    return ESTIMATORS[base_method(method)](**{**fixed, **params})

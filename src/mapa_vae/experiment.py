@@ -28,25 +28,16 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__, datasets
-from .estimators import METHOD_NAMES, base_method, make_estimator
+from . import __version__, datasets, methods
 from .files import atomic_write, save_figure, write_csv, write_json
+from .trainer import TrainingSettings
 from .validation import check_positive_int
-
-#: Methods with a number of samples ``S`` and its default.
-SAMPLE_DEFAULTS = {"iwae": 10, "prior-is": 100}
-
-#: The protocol's peak learning rate per method (Adam, cosine-annealed to zero over the run),
-#: chosen by ``benchmarks/tune_learning_rates.py`` from {0.003, 0.01, 0.03} on seeds 100-101,
-#: data that the benchmark's seeds never see: the lowest geometric-mean test KL over the
-#: built-in datasets (docs/learning_rates.md). IWAE chose 0.01 for each of S = 5, 10, 50.
-LEARNING_RATES = {"mapa": 0.01, "vae": 0.03, "iwae": 0.01, "lagging": 0.01, "prior-is": 0.01}
 
 #: Quadrature nodes per latent axis for the test-KL curves during training (the final test KL
 #: uses the full grid of :data:`mapa_vae.evaluation.DEFAULT_NODES_PER_DIM`).
@@ -56,23 +47,20 @@ MONITOR_NODES = {1: 4096, 2: 128}
 @dataclass
 class RunConfig:
     """Everything that decides a run. Baselines and MAPA share decoder, optimiser, batch, steps
-    and ``σ`` (fixed at the truth unless ``learn_sigma``)."""
+    and ``σ`` (fixed at the truth unless ``learn_sigma``); ``training``: the optimisation
+    settings, their learning rate resolved to the method's protocol rate by :meth:`validate`."""
 
     dataset: str = "circle"
     method: str = "mapa"
-    samples: int | None = None  # S for iwae and prior-is (default: SAMPLE_DEFAULTS)
+    samples: int | None = None  # S for the methods that have one (default: the method's)
     twin: bool = False
     n_train: int = 1000
     n_test: int = 5000
-    steps: int = 3000
-    batch_size: int = 100
-    learning_rate: float | None = None  # None: the method's LEARNING_RATES entry
-    lr_schedule: str = "cosine"
+    training: TrainingSettings = field(default_factory=TrainingSettings)
     hidden: tuple = (64, 64)
     learn_sigma: bool = False
     init: str = "auto"  # MAPA's initial attachment; "oracle": the true codes (an ablation)
     seed: int = 0
-    log_every: int = 100
     eval_every: int = 0
     n_eval: int = 1000
     device: str = "cpu"  # where training runs; evaluation is on the CPU in float64
@@ -80,17 +68,23 @@ class RunConfig:
     dtype: str = "float32"  # the floating-point type training runs in
     extra: dict = field(default_factory=dict)  # further estimator parameters
 
+    @classmethod
+    def from_settings(cls, **settings) -> "RunConfig":
+        """A config from flat settings, the training settings among them."""
+        settings = dict(settings)
+        return cls(training=TrainingSettings.take(settings), **settings)
+
     def validate(self) -> "RunConfig":
-        if self.method not in METHOD_NAMES:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHOD_NAMES}")
-        if self.samples is not None and self.method not in SAMPLE_DEFAULTS:
-            raise ValueError(f"--samples applies to {sorted(SAMPLE_DEFAULTS)}, not {self.method}")
+        method = methods.get(self.method)
+        if self.samples is not None and method.samples is None:
+            with_samples = sorted(m.name for m in methods.METHODS.values() if m.samples)
+            raise ValueError(f"--samples applies to {with_samples}, not {self.method}")
         if self.samples is not None and (isinstance(self.samples, bool)
                                          or not isinstance(self.samples, int)
                                          or self.samples < 1):
             raise ValueError(f"the number of samples S must be an integer >= 1, "
                              f"got {self.samples!r}")
-        for name in ("n_train", "n_test", "steps", "batch_size", "log_every", "n_eval"):
+        for name in ("n_train", "n_test", "n_eval"):
             check_positive_int(getattr(self, name), name)
         if self.n_train < 2:
             raise ValueError(f"n_train must be at least 2, got {self.n_train}")
@@ -100,27 +94,28 @@ class RunConfig:
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) \
                 or self.eval_every < 0:
             raise ValueError(f"eval_every must be a non-negative integer, got {self.eval_every!r}")
-        if self.learning_rate is None:
-            self.learning_rate = LEARNING_RATES[base_method(self.method)]
-        if self.eval_every and self.eval_every % self.log_every:
+        self.training.validate()
+        if self.training.learning_rate is None:
+            self.training = replace(self.training, learning_rate=method.learning_rate)
+        if self.eval_every and self.eval_every % self.training.log_every:
             raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of log_every "
-                             f"({self.log_every})")
+                             f"({self.training.log_every})")
         return self
 
     @property
     def label(self) -> str:
         """The method with its sample count, e.g. ``iwae-10``; ``mapa-oracle`` (``mapa-atoms-
-        oracle``, …) for MAPA started from the true codes."""
-        if self.method in SAMPLE_DEFAULTS:
-            return f"{self.method}-{self.samples or SAMPLE_DEFAULTS[self.method]}"
-        if base_method(self.method) == "mapa" and self.init == "oracle":
-            return f"{self.method}-oracle"
-        return self.method
+        oracle``, …) for MAPA started from the true codes (:func:`mapa_vae.methods.label`)."""
+        return methods.label(self.method, self.samples, self.init)
 
     def as_dict(self) -> dict:
+        """The settings as one flat dictionary (the training settings among the others), as
+        ``metrics.json`` keeps them."""
         out = asdict(self)
+        training = out.pop("training")
         out["hidden"] = list(self.hidden)
-        return out
+        return {**{k: out.pop(k) for k in ("dataset", "method", "samples", "twin", "n_train",
+                                          "n_test")}, **training, **out}
 
 
 def _streams(seed: int):
@@ -133,19 +128,18 @@ def build_estimator(config: RunConfig, truth, Z_train=None):
     """The method's estimator for this run, unfitted (``Z_train``: the true codes of the
     training points, needed by ``init="oracle"`` only)."""
     config.validate()
+    method = methods.get(config.method)
     params = dict(sigma=None if config.learn_sigma else truth.sigma,
                   latent_dim=truth.latent_dim, prior=truth.prior, hidden=tuple(config.hidden),
-                  steps=config.steps, batch_size=config.batch_size,
-                  learning_rate=config.learning_rate, lr_schedule=config.lr_schedule,
-                  log_every=config.log_every, device=config.device,
+                  **asdict(config.training), device=config.device,
                   distributed=config.distributed, dtype=config.dtype,
                   random_state=_streams(config.seed)[2])
-    if config.method in SAMPLE_DEFAULTS:
-        params["n_samples"] = config.samples or SAMPLE_DEFAULTS[config.method]
-    if base_method(config.method) == "mapa":
+    if method.samples is not None:
+        params["n_samples"] = config.samples or method.samples
+    if method.family == "mapa":
         params["init"] = Z_train if config.init == "oracle" else config.init
     params.update(config.extra)
-    return make_estimator(config.method, **params)
+    return method.make(**params)
 
 
 def sample_data(config: RunConfig, truth):
@@ -235,14 +229,9 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
         metrics["curve"] = [{"step": row["step"], "passes": row["passes"],
                              "seconds": estimator.setup_seconds_ + row["train_seconds"],
                              "test_kl": row["test_kl"]} for row in history if "test_kl" in row]
-    if base_method(config.method) == "mapa":
-        exact = estimator.bound_per_point()
-        if "gap" in exact:  # atoms: the gap to the empiricalized model's log p̂
-            metrics["gap"] = float(exact["gap"].mean())
-        metrics.update({"bound": float(exact["bound"].mean()),
-                        "bandwidth": estimator.mapa_.bandwidth_,
-                        "n_neighbors": int(estimator.mapa_.neighbors_.shape[1]),
-                        "truncation_bound_max": float(estimator.mapa_.truncation_bound_.max())})
+    extra = methods.get(config.method).metrics
+    if extra is not None:
+        metrics.update(extra(estimator))
     if out is not None:
         import matplotlib.pyplot as plt
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,27 +39,50 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainingConfig:
-    """Optimisation settings shared by every method."""
+class TrainingSettings:
+    """The optimisation settings every method shares (Adam on minibatches), with the defaults of
+    the estimators, of a run, of the bench and of the CLI. ``learning_rate``: the peak rate;
+    ``None`` is the method's protocol rate (:mod:`mapa_vae.methods`). ``lr_schedule``:
+    "constant", or "cosine" (annealed to zero over ``steps``). ``log_every``: steps between rows
+    of the history."""
 
     steps: int = 3000
     batch_size: int = 100
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
-    seed: int = 0
+    learning_rate: float | None = None
+    lr_schedule: str = "cosine"
     log_every: int = 100
 
-    def validate(self) -> "TrainingConfig":
+    @classmethod
+    def take(cls, settings: dict) -> "TrainingSettings":
+        """The training settings among flat ``settings``, removed from that dictionary."""
+        return cls(**{f.name: settings.pop(f.name) for f in fields(cls) if f.name in settings})
+
+    def validate(self):
         for name in ("steps", "batch_size", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
-                and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
+        rate = self.learning_rate
+        if rate is not None and not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                                     and math.isfinite(rate) and rate > 0):
+            raise ValueError(f"learning_rate must be a positive number, got {rate!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
                              f"{list(LR_SCHEDULES)}")
+        return self
+
+
+@dataclass
+class TrainingConfig(TrainingSettings):
+    """What the trainer runs: the settings, with the learning rate given, and the seed of its
+    random stream."""
+
+    seed: int = 0
+
+    def validate(self) -> "TrainingConfig":
+        super().validate()
+        if self.learning_rate is None:
+            raise ValueError("the trainer needs a learning_rate (None is resolved by the method)")
         return self
 
     def learning_rate_at(self, step: int) -> float:
