@@ -36,6 +36,7 @@ from .networks import float64_decoder, mlp
 from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPABound,
                          PriorProposalBound)
 from .priors import Prior, Uniform, make_prior
+from .schedules import AggressiveEncoder, AttachmentUpdates, LoggedDiagnostics
 from .trainer import Trainer, TrainingConfig, load_torch, save_torch
 from .validation import as_data, check_positive_int
 
@@ -191,7 +192,12 @@ class _LatentDensity(DensityMixin, BaseEstimator):
             objective = self._make_objective(X, model, seed).to(device=device,
                                                                 dtype=self._torch_dtype())
         return Trainer(objective, X, config, progress=self.verbose, device=device,
-                       monitor=monitor, shard=shard, dtype=self._torch_dtype())
+                       monitor=monitor, shard=shard, dtype=self._torch_dtype(),
+                       callbacks=self._callbacks(objective))
+
+    def _callbacks(self, objective) -> list:
+        """The step callbacks the method trains with (:mod:`mapa_vae.schedules`)."""
+        return []
 
     # --- the estimator API ------------------------------------------------------------------
     def fit(self, X, y=None, monitor=None):
@@ -634,9 +640,7 @@ class MAPADensity(_LatentDensity):
             self._atoms = stratified_atoms(model.prior, X.shape[0], random_state=seed)
         W = self._training_weights(X.shape[0])
         if self._codes() == "atoms":
-            return MAPABound(model, W, X, Attachment(self._atoms, perm),
-                             project_every=self.project_every,
-                             reattach_every=self.reattach_every)
+            return MAPABound(model, W, X, Attachment(self._atoms, perm))
         loc = self._atoms[perm]
         if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
@@ -645,6 +649,14 @@ class MAPADensity(_LatentDensity):
                 else self.code_learning_rate)
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / self.learning_rate)
+
+    def _callbacks(self, objective) -> list:
+        """The bound's diagnostics in the history; for atoms, projection and re-attachment."""
+        callbacks = [LoggedDiagnostics(objective.diagnostics)]
+        if isinstance(objective, MAPABound):
+            callbacks.append(AttachmentUpdates(objective, self.project_every,
+                                               self.reattach_every))
+        return callbacks
 
     def _extra_state(self) -> dict:
         return {"attachment": json.dumps({"name": self.attachment_,
@@ -854,6 +866,9 @@ class LaggingVAEDensity(_EncoderDensity):
         check_every = check_positive_int(self.check_every, "check_every")
         return LaggingELBO(model, self._build_encoder(X, model), max_inner=max_inner,
                            check_every=check_every)
+
+    def _callbacks(self, objective) -> list:
+        return [AggressiveEncoder(objective)]
 
 
 class PriorISDensity(_LatentDensity):

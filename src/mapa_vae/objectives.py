@@ -1,11 +1,10 @@
 """Training objectives, peers behind one interface: each is a lower bound on ``log p_θ(x)``.
 
-``forward(x, idx)`` returns a :class:`BoundEstimate`: the minibatch estimate of the mean
-per-point bound (to maximise) and the network passes it cost (one pass = one network evaluation
-on one input row, encoder or decoder, forward). The trainer also calls ``before_step`` and
-``after_step``, which return the passes of any extra work they do (an inner encoder loop, a
-re-attachment), so passes are counted where they happen: ``before_step``'s as minibatch work
-(summed over data-parallel ranks), ``after_step``'s as work every rank repeats (counted once).
+Each answers one question: ``forward(x, idx)`` returns a :class:`BoundEstimate`, the minibatch
+estimate of the mean per-point bound (to maximise) and the network passes it cost (one pass =
+one network evaluation on one input row, encoder or decoder, forward). What a method does
+between steps (MAPA's re-attachment, the lagging encoder's inner loop) is a step callback of
+:mod:`mapa_vae.schedules`.
 
 * :class:`MAPABound` (no encoder): with ``W_in = MAPA(n | x_i)`` fixed,
 
@@ -89,25 +88,6 @@ class Objective(nn.Module):
     def _is_inference(self, parameter) -> bool:
         return any(parameter is q for q in self.inference_parameters())
 
-    def trains_inference_now(self) -> bool:
-        """Whether the main step updates the encoder too."""
-        return True
-
-    def before_step(self, trainer) -> int:
-        """Extra work before a step; returns its network passes."""
-        return 0
-
-    def after_step(self, trainer) -> int:
-        """Extra work after a step (``trainer.step`` already counts it); returns its passes."""
-        return 0
-
-    def diagnostics(self) -> dict:
-        """Numbers for the history that cost evaluation work (not counted as training passes)."""
-        return {}
-
-    def state_for_history(self) -> dict:
-        return {}
-
 
 DIAGNOSTIC_POINTS = 2048  # training points whose gap the history tracks, beyond which a subset
 
@@ -152,7 +132,7 @@ class MAPABound(Objective):
     batch_over = "atoms"
 
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
-                 attachment: Attachment, project_every: int = 0, reattach_every: int = 0):
+                 attachment: Attachment):
         super().__init__(model)
         W = _register_targets(self, weights, X)
         n = W.shape[0]
@@ -160,24 +140,11 @@ class MAPABound(Objective):
                                                 out=np.zeros_like(W.data))))
         self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
         self.attachment = attachment
-        self.project_every = int(project_every)
-        self.reattach_every = int(reattach_every)
-        self.changed_last = 0
 
     def forward(self, x, idx) -> BoundEstimate:
         mean = self.model.decoder(self.attachment.codes(idx))
         value = _smoothed_log_lik(self, idx, mean).mean() + self.constant
         return BoundEstimate(value, passes=idx.shape[0])
-
-    def after_step(self, trainer) -> int:
-        step = trainer.step
-        passes = 0
-        if self.project_every and step % self.project_every == 0:
-            self.changed_last = self.attachment.project()
-        if self.reattach_every and step % self.reattach_every == 0:
-            self.changed_last = self.attachment.reattach(self.reattachment_cost())
-            passes = self.attachment.atoms.shape[0]
-        return passes
 
     @torch.no_grad()
     def reattachment_cost(self):
@@ -231,9 +198,6 @@ class MAPABound(Objective):
         full = float(self(None, torch.arange(n, device=self.mass.device)).value)
         subset = np.linspace(0, n - 1, DIAGNOSTIC_POINTS).round().astype(np.int64)
         return {"bound_full": full, "gap": float(self.per_point(subset)["gap"].mean())}
-
-    def state_for_history(self) -> dict:
-        return {"attachment_changed": self.changed_last}
 
 
 class GaussianCodesBound(Objective):
@@ -446,44 +410,10 @@ class LaggingELBO(ELBO):
         self.last_mi = float("nan")
         self.inner_steps_last = 0
 
-    def before_step(self, trainer) -> int:
-        if not self.aggressive:
-            return 0
-        passes, previous, running = 0, math.inf, 0.0
-        self.inner_steps_last = 0
-        for inner in range(1, self.max_inner + 1):
-            x, idx = trainer.next_batch()
-            estimate = self(x, idx)
-            trainer.inference_optimizer.zero_grad(set_to_none=True)
-            running -= trainer.backward(estimate, idx.shape[0], self.encoder.parameters())
-            trainer.inference_optimizer.step()
-            passes += estimate.passes
-            self.inner_steps_last = inner
-            if inner % self.check_every == 0:
-                if running > previous:
-                    break
-                previous, running = running, 0.0
-        self.model.zero_grad(set_to_none=True)
-        return passes
-
-    def trains_inference_now(self) -> bool:
-        return not self.aggressive
-
-    def after_step(self, trainer) -> int:
-        if not self.aggressive or trainer.step % trainer.steps_per_epoch != 0:
-            return 0
-        x = trainer.X[: self.mi_points]
+    def mutual_information(self, x: torch.Tensor) -> float:
+        """``I_q(x; z)`` of the encoder over the rows of ``x`` (:func:`mutual_information`)."""
         with torch.no_grad():
-            mi = mutual_information(self.encoder, x)
-        self.last_mi = mi
-        if mi <= self.best_mi:
-            self.aggressive = False
-        self.best_mi = max(self.best_mi, mi)
-        return x.shape[0]
-
-    def state_for_history(self) -> dict:
-        return {"aggressive": int(self.aggressive), "inner_steps": self.inner_steps_last,
-                "mutual_information": self.last_mi}
+            return mutual_information(self.encoder, x)
 
     def get_extra_state(self) -> dict:
         return {"aggressive": self.aggressive, "best_mi": self.best_mi, "last_mi": self.last_mi}

@@ -1,10 +1,11 @@
 """One training loop for every objective: Adam, minibatches, pass counting, history, checkpoints.
 
-Each step: the learning rate of the schedule is set, ``objective.before_step`` (extra work, e.g.
-an inner encoder loop, with the same learning rate), a minibatch
-estimate of the bound, one Adam step on the generative parameters (and on the encoder when the
-objective says so), then ``objective.after_step`` (e.g. projection or re-attachment). Every
-network pass these spend is added to the cumulative count in the loop itself.
+Each step: the learning rate of the schedule is set, every step callback's ``before_step``
+(extra work, e.g. the lagging encoder's inner loop, with the same learning rate), a minibatch
+estimate of the bound, one Adam step on the generative parameters (and on the encoder unless a
+callback says otherwise), then every callback's ``after_step`` (e.g. MAPA's projection or
+re-attachment) (:mod:`mapa_vae.schedules`). Every network pass these spend is charged to the
+loop's one :class:`PassCounter`.
 
 Randomness comes from PyTorch's generator, seeded at the start and saved in checkpoints inside a
 forked RNG state, so a run is reproducible from its seed and a resumed run continues exactly.
@@ -29,6 +30,7 @@ from .devices import resolve_device
 from .distributed import Shard, noise_rows
 from .files import atomic_write
 from .objectives import Objective
+from .schedules import StepContext
 
 CHECKPOINT_FORMAT = "mapa-vae-checkpoint/1"
 LR_SCHEDULES = ("constant", "cosine")
@@ -93,12 +95,41 @@ class TrainingConfig(TrainingSettings):
         return self.learning_rate
 
 
+class PassCounter:
+    """The network passes a training loop spends, its only count. Minibatch work is charged by
+    each data-parallel rank for its share of rows and summed over ranks once per step; work
+    every rank repeats (``repeated``) is counted once."""
+
+    def __init__(self, shard: Shard | None = None):
+        self.shard = shard
+        self.total = 0
+        self._shares = 0
+        self._repeated = 0
+
+    def charge(self, passes: int, repeated: bool = False) -> None:
+        """Spend ``passes`` network passes in the current step."""
+        if repeated:
+            self._repeated += int(passes)
+        else:
+            self._shares += int(passes)
+
+    def end_step(self) -> int:
+        """Close the step: add its passes to the total and return them."""
+        shares = self._shares
+        if self.shard is not None:
+            shares = int(self.shard.sum(torch.tensor([shares], dtype=torch.float64)).item())
+        step = shares + self._repeated
+        self.total += step
+        self._shares = self._repeated = 0
+        return step
+
+
 class Trainer:
     """Runs ``config.steps`` optimisation steps of ``objective`` on data ``X``.
 
     ``history`` holds one row per ``log_every`` steps: step, mean bound over those steps, passes
-    in the last step, cumulative passes, training wall time, σ, and the objective's own
-    diagnostics (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
+    in the last step, cumulative passes, training wall time, σ, and the step callbacks' numbers
+    (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
     ``monitor(step, model) -> dict``, if given, adds its numbers to each row (e.g. a test KL); like
     the diagnostics, its time is not training time and its network passes are not counted.
     ``shard``: this process's rank in a data-parallel run (``None``: one process); ``dtype``: the
@@ -107,8 +138,11 @@ class Trainer:
 
     def __init__(self, objective: Objective, X: np.ndarray, config: TrainingConfig,
                  progress: bool = False, device: str | torch.device = "cpu", monitor=None,
-                 shard: Shard | None = None, dtype: torch.dtype = torch.float32):
+                 shard: Shard | None = None, dtype: torch.dtype = torch.float32,
+                 callbacks=()):
         self.objective = objective
+        self.callbacks = list(callbacks)
+        self.counter = PassCounter(shard)
         self.monitor = monitor
         self.config = config.validate()
         self.device = resolve_device(device)
@@ -127,7 +161,6 @@ class Trainer:
                                     if inference else None)
         self.step = 0
         self.extra_steps = 0  # optimiser steps spent elsewhere on this run (e.g. pilot runs)
-        self.passes = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
         self._order = torch.empty(0, dtype=torch.long)
@@ -136,6 +169,15 @@ class Trainer:
         self._rng_state = None
         self._cuda_rng_state = None
         self._seeded = False
+
+    @property
+    def passes(self) -> int:
+        """Network passes spent so far (:attr:`counter`'s total)."""
+        return self.counter.total
+
+    @passes.setter
+    def passes(self, value: int) -> None:
+        self.counter.total = int(value)
 
     # ---------------------------------------------------------------------------------------
     def next_batch(self):
@@ -167,12 +209,6 @@ class Trainer:
             self.shard.sum_gradients(parameters)
         return total
 
-    def count_minibatch_passes(self, passes: int) -> int:
-        """Passes of minibatch work, summed over ranks in a data-parallel run."""
-        if self.shard is None:
-            return passes
-        return int(self.shard.sum(torch.tensor([passes], dtype=torch.float64)).item())
-
     def _noise_rows(self):
         """Within a step, minibatch noise is this rank's share of one process's noise."""
         if self.shard is None:
@@ -200,12 +236,17 @@ class Trainer:
         objective = self.objective
         bar = tqdm(total=self.config.steps, initial=self.step, disable=not self.progress,
                    desc=f"{objective.name}", unit="step", dynamic_ncols=True, leave=False)
+        context = StepContext(step=self.step, steps_per_epoch=self.steps_per_epoch, X=self.X,
+                              draw=self.next_batch, update_inference=self._update_inference,
+                              charge=self.counter.charge)
         try:
             while self.step < until:
                 start = time.perf_counter()
                 self._set_learning_rate()
+                context.step = self.step
                 with self._noise_rows():
-                    step_passes = objective.before_step(self)
+                    for callback in self.callbacks:
+                        callback.before_step(context)
                     x, idx = self.next_batch()
                     estimate = objective(x, idx)
                 self.generative_optimizer.zero_grad(set_to_none=True)
@@ -218,14 +259,15 @@ class Trainer:
                         f"try a smaller learning rate or check the data scale")
                 self._check_gradients()
                 self.generative_optimizer.step()
-                if self.inference_optimizer is not None and objective.trains_inference_now():
+                if self.inference_optimizer is not None and all(
+                        callback.trains_inference() for callback in self.callbacks):
                     self.inference_optimizer.step()
-                minibatch, repeated = ((0, estimate.passes) if estimate.replicated
-                                       else (estimate.passes, 0))
-                step_passes = self.count_minibatch_passes(step_passes + minibatch) + repeated
+                self.counter.charge(estimate.passes, repeated=estimate.replicated)
                 self.step += 1
-                step_passes += objective.after_step(self)
-                self.passes += step_passes
+                context.step = self.step
+                for callback in self.callbacks:
+                    callback.after_step(context)
+                step_passes = self.counter.end_step()
                 self.train_seconds += time.perf_counter() - start
                 self._running += value
                 if self.step % self.config.log_every == 0 or self.step == self.config.steps:
@@ -234,6 +276,13 @@ class Trainer:
                 bar.update(1)
         finally:
             bar.close()
+
+    def _update_inference(self, estimate, rows: int) -> float:
+        """One optimiser step of the encoder alone on ``−estimate``; the minibatch bound."""
+        self.inference_optimizer.zero_grad(set_to_none=True)
+        value = self.backward(estimate, rows, self.objective.inference_parameters())
+        self.inference_optimizer.step()
+        return value
 
     def _set_learning_rate(self) -> None:
         lr = self.config.learning_rate_at(self.step)
@@ -256,8 +305,8 @@ class Trainer:
                "passes_step": step_passes, "passes": self.passes,
                "train_seconds": self.train_seconds,
                "sigma": float(self.objective.model.likelihood.sigma.detach())}
-        row.update(self.objective.diagnostics())
-        row.update(self.objective.state_for_history())
+        for callback in self.callbacks:
+            row.update(callback.history())
         if self.monitor is not None:
             with torch.no_grad():
                 row.update(self.monitor(self.step, self.objective.model))
