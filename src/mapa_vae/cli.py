@@ -60,7 +60,7 @@ def demo(args) -> dict:
         "mean_log_prob_test": float(truth.log_prob(X_test).mean()),
         "posterior_comparison": comparison.summary(),
     }
-    from .plots import mapa_overview
+    from .run_figures import mapa_overview
 
     i = 0
     fig = mapa_overview(truth, X, Z, X_test[i], comparison.log_true[i],
@@ -136,7 +136,7 @@ def bench(args) -> str:
             settings[key] = value
     summary = run_bench(BenchConfig(**settings), args.out, progress=not args.quiet)
     if not args.no_paper_figures:
-        from .figures import paper_figures
+        from .paper_figures import paper_figures
 
         paper_figures(args.out)
     return summary
@@ -149,7 +149,7 @@ def _print_bench(summary: str, out: str) -> None:
 
 def figures(args) -> list:
     """Write the paper's figures (1, 3, 4, 5) from the ground truths and MAPA."""
-    from .figures import paper_figures
+    from .paper_figures import paper_figures
 
     return paper_figures(args.out, n_train=args.n_train, seed=args.seed)
 
