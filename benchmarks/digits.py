@@ -299,7 +299,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(one_run, *zip(*jobs)))
     from mapa_vae.files import save_figure, write_json, write_text
-    from mapa_vae.plots import image_grid
+    from mapa_vae.run_figures import image_grid
 
     for d in args.latent_dims:
         panels = {r["method"]: np.array(r["samples"]) for r in rows

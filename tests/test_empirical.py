@@ -1,4 +1,4 @@
-"""Empiricalized model and the Gaussian likelihood: closed forms and consistency."""
+"""Empiricalized model: closed forms and consistency."""
 import math
 
 import numpy as np
@@ -6,26 +6,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from mapa_vae import EmpiricalizedModel, GaussianLikelihood, datasets
-
-
-def test_likelihood_matches_scipy_and_sigma_can_be_learned():
-    x = torch.randn(6, 3, dtype=torch.float64)
-    mean = torch.randn(6, 3, dtype=torch.float64)
-    fixed = GaussianLikelihood(sigma=0.4).double()
-    expected = [multivariate_normal(mean[i].numpy(), 0.16 * np.eye(3)).logpdf(x[i].numpy())
-                for i in range(6)]
-    np.testing.assert_allclose(fixed.log_prob(x, mean).numpy(), expected, rtol=1e-6)
-    assert not any(p.requires_grad for p in fixed.parameters())
-    learned = GaussianLikelihood(sigma=0.4, learn_sigma=True)
-    assert [name for name, _ in learned.named_parameters()] == ["log_sigma"]
-    assert float(learned.sigma.detach()) == pytest.approx(0.4)
-
-
-@pytest.mark.parametrize("sigma", [0.0, -1.0, float("nan"), float("inf"), "big"])
-def test_likelihood_rejects_bad_sigma(sigma):
-    with pytest.raises(ValueError, match="sigma must be"):
-        GaussianLikelihood(sigma=sigma)
+from mapa_vae import EmpiricalizedModel, datasets
 
 
 def test_empiricalized_density_and_posterior_match_their_definitions():

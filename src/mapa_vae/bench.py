@@ -14,7 +14,7 @@ every method of a dataset and seed) is computed once and kept in ``DIR/truth/``.
 
 The bench writes ``DIR/results.json`` and ``DIR/results.csv`` (one row per run),
 ``DIR/summary.md`` (median and interquartile range over seeds, and the targets checked as
-measured) and its figures (see :mod:`mapa_vae.figures`).
+measured) and its figures (see :mod:`mapa_vae.bench_figures`).
 """
 from __future__ import annotations
 
@@ -455,7 +455,7 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
 def write_results(config: BenchConfig, results: list[dict], out: str | Path,
                   elapsed: float) -> str:
     """``results.json``, ``results.csv``, ``summary.md`` and the bench figures."""
-    from .figures import bench_figures
+    from .bench_figures import bench_figures
 
     out = Path(out)
     write_json(out / "results.json", {"config": asdict(config), "runs": results})

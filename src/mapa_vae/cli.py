@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__, datasets
-from .evaluation import compare_posteriors
-from .files import check_output_folder, save_figure, write_json
-from .mapa import MAPAPosterior
+from .files import check_output_folder
 from .trainer import LR_SCHEDULES, TrainingDiverged, TrainingSettings
 
 
@@ -28,47 +23,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def demo(args) -> dict:
-    """Sample a ground truth, compute MAPA, compare it with the true posteriors, write results."""
-    truth = datasets.get(args.dataset, twin=args.twin)
-    if args.n_neighbors is not None and args.n_neighbors > args.n_train:
-        raise ValueError(f"--n-neighbors ({args.n_neighbors}) exceeds --n-train ({args.n_train})")
-    rng = np.random.default_rng(args.seed)
-    X, Z = truth.sample(args.n_train, seed=rng)
-    X_test, _ = truth.sample(args.n_test, seed=rng)
+def demo(args) -> tuple[dict, bool]:
+    """Run the demo experiment (:mod:`mapa_vae.demo`): MAPA against the true posterior."""
+    from .demo import DemoConfig, run
 
-    start = time.perf_counter()
-    mapa = MAPAPosterior(n_neighbors=args.n_neighbors,
-                         sigma=None if args.estimate_bandwidth else truth.sigma).fit(X)
-    fit_seconds = time.perf_counter() - start
-    comparison = compare_posteriors(truth, X, Z, X_test, mapa)
-    summary = {
-        "dataset": datasets.label(args.dataset, args.twin),
-        "twin": args.twin,
-        "seed": args.seed,
-        "n_train": args.n_train,
-        "n_test": args.n_test,
-        "data_dim": truth.data_dim,
-        "latent_dim": truth.latent_dim,
-        "sigma": truth.sigma,
-        "n_neighbors": mapa.neighbors_.shape[1],
-        "bandwidth": mapa.bandwidth_,
-        "bandwidth_rule": mapa.bandwidth_rule_,
-        "fit_seconds": fit_seconds,
-        "truncation_bound_max": float(mapa.truncation_bound_.max()),
-        "truncated_mass_max": float(mapa.truncated_mass().max()),
-        "mean_log_prob_test": float(truth.log_prob(X_test).mean()),
-        "posterior_comparison": comparison.summary(),
-    }
-    from .plots import mapa_overview
-
-    i = 0
-    fig = mapa_overview(truth, X, Z, X_test[i], comparison.log_true[i],
-                        comparison.log_empirical[i], comparison.log_mapa[i])
-    out = Path(args.out)
-    save_figure(fig, out / "mapa.png")
-    write_json(out / "summary.json", summary)
-    return summary
+    config = DemoConfig(dataset=args.dataset, twin=args.twin, n_train=args.n_train,
+                        n_test=args.n_test, n_neighbors=args.n_neighbors,
+                        estimate_bandwidth=args.estimate_bandwidth, seed=args.seed)
+    return run(config, args.out), True
 
 
 def _print_summary(summary: dict, out: str) -> None:
@@ -82,8 +44,9 @@ def _print_summary(summary: dict, out: str) -> None:
     print(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'mapa.png'}")
 
 
-def fit(args) -> dict:
-    """Train one method on a ground truth; write metrics, history, checkpoint and a figure."""
+def fit(args) -> tuple[dict, bool]:
+    """Train one method on a ground truth; write metrics, history, checkpoint and a figure. In a
+    distributed fit every rank trains the same model and rank 0 alone writes and reports."""
     from .experiment import RunConfig, run
 
     device, writer = args.device, True
@@ -91,8 +54,7 @@ def fit(args) -> dict:
         from .distributed import init_from_environment
 
         shard, device = init_from_environment(args.device)
-        writer = shard.rank == 0  # every rank trains the same model; one writes it
-    args.writes = writer
+        writer = shard.rank == 0
     training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                                 log_every=min(args.log_every, args.steps))
@@ -101,7 +63,7 @@ def fit(args) -> dict:
                        training=training, learn_sigma=args.learn_sigma, init=args.init,
                        seed=args.seed, eval_every=args.eval_every, device=device,
                        distributed=args.distributed, dtype=args.dtype)
-    return run(config, args.out if writer else None, progress=writer and not args.quiet)
+    return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
 
 
 def _print_fit(metrics: dict, out: str) -> None:
@@ -124,7 +86,7 @@ def _print_fit(metrics: dict, out: str) -> None:
     print(f"wrote metrics.json, history.csv, checkpoint.pt and fit.png in {out}")
 
 
-def bench(args) -> str:
+def bench(args) -> tuple[str, bool]:
     """Run the benchmark (resumable) and write its results, summary and figures."""
     from .bench import QUICK, BenchConfig, bench as run_bench
 
@@ -138,10 +100,10 @@ def bench(args) -> str:
     summary = run_bench(BenchConfig.from_settings(**settings), args.out,
                         progress=not args.quiet)
     if not args.no_paper_figures:
-        from .figures import paper_figures
+        from .paper_figures import paper_figures
 
         paper_figures(args.out)
-    return summary
+    return summary, True
 
 
 def _print_bench(summary: str, out: str) -> None:
@@ -149,11 +111,11 @@ def _print_bench(summary: str, out: str) -> None:
     print(f"wrote results.json, results.csv, summary.md and figures in {out}")
 
 
-def figures(args) -> list:
+def figures(args) -> tuple[list, bool]:
     """Write the paper's figures (1, 3, 4, 5) from the ground truths and MAPA."""
-    from .figures import paper_figures
+    from .paper_figures import paper_figures
 
-    return paper_figures(args.out, n_train=args.n_train, seed=args.seed)
+    return paper_figures(args.out, n_train=args.n_train, seed=args.seed), True
 
 
 def _print_figures(paths: list, out: str) -> None:
@@ -305,9 +267,11 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # each command returns its result and whether this process reports it (in a distributed
+    # fit, rank 0 alone)
     try:
         check_output_folder(args.out)
-        summary = args.run(args)
+        summary, reports = args.run(args)
     except ValueError as error:
         print(f"mapa-vae: error: {error}", file=sys.stderr)
         return 2
@@ -321,7 +285,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mapa-vae: interrupted", file=sys.stderr)
         return 130
-    if getattr(args, "writes", True):  # in a distributed fit, rank 0 alone reports
+    if reports:
         args.report(summary, args.out)
     return 0
 

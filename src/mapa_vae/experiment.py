@@ -235,7 +235,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
     if out is not None:
         import matplotlib.pyplot as plt
 
-        from .plots import fit_overview
+        from .run_figures import fit_overview
 
         out = Path(out)
         with torch.no_grad():

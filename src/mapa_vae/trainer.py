@@ -324,7 +324,7 @@ class Trainer:
             "inference_optimizer": (self.inference_optimizer.state_dict()
                                     if self.inference_optimizer is not None else {}),
             "step": self.step, "extra_steps": self.extra_steps, "passes": self.passes,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "running": self._running,
             "history": json.dumps(self.history),
             "rng": self._rng_state if self._rng_state is not None else torch.get_rng_state(),
             "order": self._order, "cursor": self._cursor,
@@ -343,6 +343,7 @@ class Trainer:
         self.extra_steps = int(state["extra_steps"])
         self.config = TrainingConfig(**json.loads(state["training_config"])).validate()
         self.train_seconds = float(state["train_seconds"])
+        self._running = float(state.get("running", 0.0))  # the bound summed since the last row
         self.history = json.loads(state["history"])
         self._rng_state = state["rng"]
         self._cuda_rng_state = state.get("cuda_rng")

@@ -1,4 +1,15 @@
-"""Figures (matplotlib, non-interactive backend)."""
+"""The figures of one run (matplotlib, non-interactive backend; the other figure modules draw
+with the backend set here):
+
+* :func:`fit_overview`: a fitted model against its ground truth (``fit.png`` of ``mapa-vae fit``
+  and of every bench run);
+* :func:`mapa_overview`: MAPA's weights and posterior trend for one held-out point (``mapa.png``
+  of ``mapa-vae demo``);
+* :func:`image_grid`: samples shown as images (``benchmarks/digits.py``).
+
+The paper's figures are in :mod:`mapa_vae.paper_figures`, the benchmark's in
+:mod:`mapa_vae.bench_figures`.
+"""
 from __future__ import annotations
 
 import matplotlib
