@@ -213,14 +213,16 @@ def test_a_worker_counts_its_steps_as_they_are_logged_pilot_runs_included(tmp_pa
 @pytest.mark.slow
 def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     out = tmp_path / "bench"
-    argv = ["bench", "--datasets", "absolute-value", "--methods", "prior-is-1", "prior-is-500",
+    argv = ["bench", "--datasets", "absolute-value", "--methods", "iwae-4", "prior-is-500",
             "--seeds", "1", "--steps", "200", "--n-train", "60", "--n-test", "50",
             "--eval-every", "0", "--jobs", "1", "--no-paper-figures", "--out", str(out)]
     # one worker takes the runs in order, longest expected first; these two are expected to
-    # cost the same, so the quick one (S = 1) runs first and the slow one (S = 500) is still
-    # running when the first metrics.json appears
-    runs = BenchConfig.from_settings(datasets=["absolute-value"], methods=["prior-is-1", "prior-is-500"],
-                       seeds=1, steps=200).runs()
+    # cost the same (5 passes per point and step), so the quick one (IWAE, S = 4, on a batch of
+    # 60) runs first and the slow one (500 prior draws a step) is still running when the first
+    # metrics.json appears
+    runs = BenchConfig.from_settings(datasets=["absolute-value"],
+                                     methods=["iwae-4", "prior-is-500"], seeds=1,
+                                     steps=200).runs()
     assert bench_module._expected_cost(runs[0]) == bench_module._expected_cost(runs[1])
     # a new session, so that SIGINT goes to the bench and its workers as Ctrl-C would; Python's
     # Ctrl-C handler installed explicitly, since a test run in the background inherits SIGINT
@@ -243,7 +245,7 @@ def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     assert process.returncode == 130, stderr
     assert "Traceback" not in stdout + stderr
     finished = list(out.glob("runs/*/*/*/metrics.json"))
-    assert [path.parent.parent.name for path in finished] == ["prior-is-1"]
+    assert [path.parent.parent.name for path in finished] == ["iwae-4"]
     assert (f"mapa-vae: interrupted: 1 of 2 runs are finished and kept in {out}; run the same "
             f"command again to resume") in stderr
     stamp = finished[0].stat().st_mtime_ns
