@@ -113,6 +113,11 @@ class PassCounter:
         else:
             self._shares += int(passes)
 
+    def add(self, passes: int) -> None:
+        """Spend ``passes`` outside any step (e.g. a pilot run's exact bound, or other pilot
+        runs of the same fit), counted once."""
+        self.total += int(passes)
+
     def end_step(self) -> int:
         """Close the step: add its passes to the total and return them."""
         shares = self._shares
@@ -174,10 +179,6 @@ class Trainer:
     def passes(self) -> int:
         """Network passes spent so far (:attr:`counter`'s total)."""
         return self.counter.total
-
-    @passes.setter
-    def passes(self, value: int) -> None:
-        self.counter.total = int(value)
 
     # ---------------------------------------------------------------------------------------
     def next_batch(self):
@@ -339,7 +340,7 @@ class Trainer:
         self.generative_optimizer.load_state_dict(state["generative_optimizer"])
         if self.inference_optimizer is not None:
             self.inference_optimizer.load_state_dict(state["inference_optimizer"])
-        self.step, self.passes = int(state["step"]), int(state["passes"])
+        self.step, self.counter.total = int(state["step"]), int(state["passes"])
         self.extra_steps = int(state["extra_steps"])
         self.config = TrainingConfig(**json.loads(state["training_config"])).validate()
         self.train_seconds = float(state["train_seconds"])

@@ -1,0 +1,204 @@
+"""MAPA's setup: from the data alone to what training starts from, and why.
+
+Before any model is trained, :class:`~mapa_vae.MAPADensity` needs
+
+* the representation MAPA is computed in: the data ``X``, or a data-only transform of them
+  (``features``: PCA to ``K`` whitened components, or a scikit-learn transformer);
+* MAPA's weights over training indices in that representation
+  (:class:`~mapa_vae.MAPAPosterior`, ``MAPA(n | x) ∝ exp(−‖x − x_n‖² / (2h²))``);
+* ``N`` stratified atoms of the prior (:func:`~mapa_vae.atoms.stratified_atoms`);
+* the candidate initial attachments of atoms to indices (permutations, by name), with the step
+  budget each candidate's trainer gets and, when a single candidate is left, why.
+
+:func:`prepare` computes the first three (all a checkpoint needs to be rebuilt);
+:func:`initial_candidates` the last. When several candidates are left, :func:`run_pilots`
+trains each for ``pilot_steps`` steps from the same start and keeps the one with the highest
+MAPA bound over all training points; the step budget is shared, so the winner stops at
+``steps − (K − 1) · pilot_steps`` for ``K`` candidates, and it is charged with the other
+candidates' steps, passes and seconds. :class:`AttachmentReport` says which attachment training
+started from and why.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.decomposition import PCA
+
+from .atoms import (candidate_attachments, initial_attachment, least_rough, stratified_atoms,
+                    transport)
+from .mapa import MAPAPosterior
+from .priors import Prior
+from .validation import as_data, check_positive_int
+
+
+@dataclass
+class MAPASetup:
+    """What MAPA training needs from the data, computed once before training.
+
+    Attributes
+    ----------
+    features : scikit-learn transformer or None
+        The fitted transformer MAPA's representation comes from (``None``: the data themselves).
+    representation : ndarray of shape (n_samples, n_representation)
+        The training data as MAPA sees them.
+    mapa : MAPAPosterior
+        MAPA's weights, fitted on ``representation``.
+    atoms : ndarray of shape (n_samples, latent_dim)
+        The stratified atoms of the prior.
+    """
+
+    features: object | None
+    representation: np.ndarray
+    mapa: MAPAPosterior
+    atoms: np.ndarray
+
+
+@dataclass
+class Candidates:
+    """The initial attachments to train, by name (``perm[n]``: the atom attached to index
+    ``n``); the step budget of each one's trainer (``steps`` for a single candidate,
+    ``steps − (K − 1) · pilot_steps`` for ``K`` candidates that the pilots choose among); and
+    why a single candidate is used (``None`` when the pilots choose)."""
+
+    attachments: dict[str, np.ndarray]
+    budget: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class AttachmentReport:
+    """The initial attachment training started from (a candidate's name, ``"seriation"``,
+    ``"random"`` or ``"given"``), the MAPA bound of each candidate after its pilot run (empty
+    when no pilots ran), and why, in words."""
+
+    name: str
+    reason: str
+    pilot_bounds: dict = field(default_factory=dict)
+
+
+def representation(X: np.ndarray, features, seed: int):
+    """The data as MAPA sees them and the fitted transformer: ``(X, None)`` for
+    ``features=None``; an int ``K`` is PCA to ``K`` whitened components (seeded by ``seed``);
+    else a scikit-learn transformer, cloned and fitted on ``X``."""
+    if features is None:
+        return X, None
+    if isinstance(features, (int, np.integer)) and not isinstance(features, bool):
+        k = check_positive_int(features, "features")
+        if k > min(X.shape):
+            raise ValueError(f"features={k} asks for more principal components than the data "
+                             f"have ({min(X.shape)})")
+        transformer = PCA(n_components=k, whiten=True, random_state=seed)
+    elif hasattr(features, "fit_transform") and hasattr(features, "transform"):
+        transformer = clone(features)
+    else:
+        raise ValueError(f"features must be None, a number of principal components or a "
+                         f"scikit-learn transformer, got {features!r}")
+    return as_data(transformer.fit_transform(X), "features(X)", min_samples=2), transformer
+
+
+def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, bandwidth,
+            sigma) -> MAPASetup:
+    """MAPA's representation, weights and atoms for training data ``X`` of shape
+    ``(n_samples, n_features)``.
+
+    MAPA's kernel scale is ``h = bandwidth`` if given, else ``√2 σ`` for a known ``sigma``, else
+    chosen from the data (leave-one-out); ``n_neighbors`` as for
+    :class:`~mapa_vae.MAPAPosterior`. The atoms are ``n_samples`` stratified draws of ``prior``
+    seeded by ``seed``.
+    """
+    F, transformer = representation(X, features, seed)
+    mapa = MAPAPosterior(n_neighbors=n_neighbors, bandwidth=bandwidth,
+                         sigma=sigma if bandwidth is None else None).fit(F)
+    return MAPASetup(transformer, F, mapa, stratified_atoms(prior, X.shape[0],
+                                                             random_state=seed))
+
+
+def initial_candidates(setup: MAPASetup, prior: Prior, seed: int, *, init, codes: str,
+                       steps: int, pilot_steps: int) -> Candidates:
+    """The initial attachments to choose from, the budget of each one's trainer, and the reason
+    a single one is used.
+
+    ``init``: ``"auto"`` proposes every data-only candidate
+    (:func:`~mapa_vae.atoms.candidate_attachments`; for Gaussian ``codes`` above one latent
+    dimension, ``"pca"`` alone); a method's name uses it alone; an array of shape
+    ``(n_samples, latent_dim)`` gives coordinates per training point whose arrangement the atoms
+    take over (``"given"``). ``codes``: ``"atoms"`` or ``"gaussian"`` (resolved). With several
+    candidates the budget is ``steps − (K − 1) · pilot_steps``; without room for pilots
+    (``pilot_steps=0`` or a budget of at most ``pilot_steps``) a single candidate is kept:
+    ``isomap`` above one latent dimension, else the least rough (seriation).
+    """
+    F, weights, atoms = setup.representation, setup.mapa.weights_, setup.atoms
+    if not isinstance(init, str):  # coordinates per training point, e.g. known codes
+        given = as_data(init, "init", n_features=prior.latent_dim)
+        if given.shape[0] != F.shape[0]:
+            raise ValueError(f"init has {given.shape[0]} rows but X has {F.shape[0]}")
+        attachments = {"given": transport(given, atoms, prior)}
+    elif init == "auto" and codes == "gaussian" and prior.latent_dim > 1:
+        attachments = {"pca": initial_attachment(F, weights, atoms, prior, "pca", seed)}
+    elif init == "auto":
+        attachments = candidate_attachments(F, weights, atoms, prior, seed)
+    else:
+        attachments = {init: initial_attachment(F, weights, atoms, prior, init, seed)}
+    steps, pilot = check_positive_int(steps, "steps"), int(pilot_steps)
+    if len(attachments) == 1:
+        return Candidates(attachments, steps, _reason_without_pilots(init, attachments))
+    budget = steps - (len(attachments) - 1) * pilot
+    if pilot > 0 and budget > pilot:
+        return Candidates(attachments, budget, None)  # the pilots choose
+    why = ("pilot_steps=0" if pilot == 0 else
+           f"steps={steps} leave no room for {len(attachments)} candidates x {pilot} "
+           f"pilot steps (that needs steps > {len(attachments) * pilot})")
+    if prior.latent_dim > 1:
+        chosen = {"isomap": attachments["isomap"]}
+        rule = "isomap, the default above one latent dimension"
+    else:
+        Y = np.asarray(weights @ F)
+        chosen = {"seriation": least_rough(attachments, Y, atoms)}
+        rule = "the least rough candidate (seriation)"
+    return Candidates(chosen, steps, f"pilots skipped: {why}; used {rule}")
+
+
+def _reason_without_pilots(init, attachments: dict) -> str:
+    """Why the attachment is what it is when no pilots choose."""
+    if not isinstance(init, str):
+        return "init gave coordinates per training point"
+    if init != "auto":
+        return f"init={init!r}"
+    return f"no pilots: {next(iter(attachments))} is the only distinct candidate"
+
+
+def run_pilots(candidates: Candidates, make_trainer, pilot_steps: int):
+    """Train each candidate ``pilot_steps`` steps and keep the highest MAPA bound.
+
+    ``make_trainer(perm, steps)`` builds a fresh :class:`~mapa_vae.trainer.Trainer` starting
+    from attachment ``perm`` with a budget of ``steps``. Each candidate's bound is the exact
+    mean over all ``N`` training points (``N`` decoder passes, counted as its training passes
+    and time). Returns the winner's trainer, ready to continue to its budget, charged with the
+    others' steps (``extra_steps``), passes and seconds (in its totals and in each history row
+    logged during the pilots), and the :class:`AttachmentReport`.
+    """
+    trainers, bounds = {}, {}
+    for name, perm in candidates.attachments.items():
+        trainer = trainers[name] = make_trainer(perm, candidates.budget)
+        trainer.fit(until=pilot_steps)
+        start = time.perf_counter()
+        with torch.no_grad():
+            bound = trainer.objective(None, torch.arange(trainer.n, device=trainer.device))
+        trainer.counter.add(bound.passes)
+        trainer.train_seconds += time.perf_counter() - start
+        bounds[name] = float(bound.value)
+    chosen = max(bounds, key=bounds.get)
+    best = trainers.pop(chosen)
+    for i, row in enumerate(best.history):  # rows logged during the pilot: all candidates'
+        row["passes"] += sum(t.history[i]["passes"] for t in trainers.values())
+        row["train_seconds"] += sum(t.history[i]["train_seconds"] for t in trainers.values())
+    best.counter.add(sum(t.passes for t in trainers.values()))
+    best.train_seconds += sum(t.train_seconds for t in trainers.values())
+    best.extra_steps = sum(t.step for t in trainers.values())
+    reason = (f"the highest MAPA bound after {pilot_steps} pilot steps of each candidate "
+              f"({', '.join(bounds)}; see pilot_bounds_)")
+    return best, AttachmentReport(chosen, reason, bounds)

@@ -1,0 +1,147 @@
+"""MAPA's setup: representation, weights, atoms, candidate attachments, pilots and the report."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mapa_vae import datasets, mapa_setup
+from mapa_vae.atoms import stratified_atoms, transport
+from mapa_vae.mapa_setup import (AttachmentReport, Candidates, initial_candidates, prepare,
+                                 run_pilots)
+from mapa_vae.priors import StandardNormal, Uniform
+from mapa_vae.trainer import PassCounter
+
+WEIGHTS = {"n_neighbors": "auto", "bandwidth": None}
+
+
+@pytest.fixture(scope="module")
+def circle():
+    truth = datasets.get("circle")
+    X, Z = truth.sample(300, seed=0)
+    return truth, X, Z, prepare(X, truth.prior, 0, features=None, sigma=truth.sigma, **WEIGHTS)
+
+
+def test_prepare_fits_mapa_on_the_data_and_draws_stratified_atoms(circle):
+    truth, X, _, setup = circle
+    assert setup.features is None and setup.representation is X
+    assert setup.mapa.bandwidth_ == math.sqrt(2.0) * truth.sigma  # h = √2 σ
+    np.testing.assert_allclose(np.asarray(setup.mapa.weights_.sum(axis=1)).ravel(), 1.0)
+    np.testing.assert_array_equal(setup.atoms, stratified_atoms(truth.prior, 300, random_state=0))
+    given = prepare(X, truth.prior, 0, features=None, n_neighbors="auto", bandwidth=0.3,
+                    sigma=truth.sigma)
+    assert given.mapa.bandwidth_ == 0.3  # a bandwidth wins over σ for MAPA's kernel
+
+
+def test_prepare_computes_mapa_in_whitened_principal_components(circle):
+    truth, X, _, _ = circle
+    setup = prepare(X, truth.prior, 0, features=1, sigma=None, **WEIGHTS)
+    assert setup.representation.shape == (300, 1)
+    np.testing.assert_allclose(setup.representation.var(axis=0, ddof=1), 1.0, rtol=1e-10)
+    np.testing.assert_array_equal(setup.features.transform(X), setup.representation)
+    with pytest.raises(ValueError, match="features=3 asks for more principal components"):
+        prepare(X, truth.prior, 0, features=3, sigma=None, **WEIGHTS)
+    with pytest.raises(ValueError, match="features must be None, a number of principal"):
+        prepare(X, truth.prior, 0, features="pca", sigma=None, **WEIGHTS)
+
+
+@pytest.mark.parametrize("init, steps, pilot_steps, names, budget, reason", [
+    ("auto", 100, 10, ["coarse", "fiedler", "angle"], 80, None),
+    ("auto", 30, 10, ["seriation"], 30,
+     "pilots skipped: steps=30 leave no room for 3 candidates x 10 pilot steps (that needs "
+     "steps > 30); used the least rough candidate (seriation)"),
+    ("auto", 100, 0, ["seriation"], 100,
+     "pilots skipped: pilot_steps=0; used the least rough candidate (seriation)"),
+    ("fiedler", 100, 10, ["fiedler"], 100, "init='fiedler'"),
+])
+def test_candidates_and_why_a_single_one_is_used(circle, init, steps, pilot_steps, names,
+                                                 budget, reason):
+    truth, _, _, setup = circle
+    candidates = initial_candidates(setup, truth.prior, 0, init=init, codes="atoms",
+                                    steps=steps, pilot_steps=pilot_steps)
+    assert (list(candidates.attachments), candidates.budget, candidates.reason) == (
+        names, budget, reason)
+    for perm in candidates.attachments.values():  # each a permutation of the atoms
+        np.testing.assert_array_equal(np.sort(perm), np.arange(300))
+
+
+def test_given_coordinates_are_transported_onto_the_atoms(circle):
+    truth, _, Z, setup = circle
+    candidates = initial_candidates(setup, truth.prior, 0, init=Z, codes="atoms", steps=50,
+                                    pilot_steps=10)
+    assert list(candidates.attachments) == ["given"] and candidates.budget == 50
+    assert candidates.reason == "init gave coordinates per training point"
+    np.testing.assert_array_equal(candidates.attachments["given"],
+                                  transport(Z, setup.atoms, truth.prior))
+    with pytest.raises(ValueError, match="init has 5 rows but X has 300"):
+        initial_candidates(setup, truth.prior, 0, init=Z[:5], codes="atoms", steps=50,
+                           pilot_steps=10)
+
+
+def test_above_one_latent_dimension_isomap_or_pca_is_used_without_pilots():
+    truth = datasets.get("swiss-roll")
+    X, _ = truth.sample(200, seed=0)
+    prior = Uniform(2)
+    setup = prepare(X, prior, 0, features=None, sigma=truth.sigma, **WEIGHTS)
+    skipped = initial_candidates(setup, prior, 0, init="auto", codes="atoms", steps=10,
+                                 pilot_steps=10)
+    assert list(skipped.attachments) == ["isomap"]
+    assert skipped.reason == ("pilots skipped: steps=10 leave no room for 2 candidates x 10 "
+                              "pilot steps (that needs steps > 20); used isomap, the default "
+                              "above one latent dimension")
+    gaussian = initial_candidates(setup, prior, 0, init="auto", codes="gaussian", steps=10,
+                                  pilot_steps=10)
+    assert list(gaussian.attachments) == ["pca"]
+    assert gaussian.reason == "no pilots: pca is the only distinct candidate"
+
+
+class _StubTrainer:
+    """Ten passes and half a second per step, a history row every five steps; its bound is a
+    constant and costs one pass per training point."""
+
+    def __init__(self, bound: float, budget: int):
+        self.bound, self.budget, self.n, self.device = bound, budget, 4, torch.device("cpu")
+        self.step, self.train_seconds, self.extra_steps = 0, 0.0, 0
+        self.counter = PassCounter()
+        self.history = []
+
+    @property
+    def passes(self):
+        return self.counter.total
+
+    def fit(self, until):
+        while self.step < until:
+            self.step += 1
+            self.counter.charge(10)
+            self.counter.end_step()
+            self.train_seconds += 0.5
+            if self.step % 5 == 0:
+                self.history.append({"step": self.step, "passes": self.passes,
+                                     "train_seconds": self.train_seconds})
+
+    def objective(self, x, idx):
+        return SimpleNamespace(value=torch.tensor(self.bound), passes=idx.numel())
+
+
+def test_pilots_keep_the_highest_bound_charged_with_the_others(monkeypatch):
+    clock = iter(np.arange(0.0, 100.0, 0.25))  # each bound takes 0.25 s on this clock
+    monkeypatch.setattr(mapa_setup, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    bounds = {"a": -1.0, "b": -0.5, "c": -2.0}
+    perms = {name: np.arange(4) for name in bounds}
+    made = {}
+
+    def make_trainer(perm, steps):
+        name = next(n for n in bounds if n not in made)
+        made[name] = _StubTrainer(bounds[name], steps)
+        return made[name]
+
+    best, report = run_pilots(Candidates(perms, 77, None), make_trainer, 10)
+    assert report == AttachmentReport("b", "the highest MAPA bound after 10 pilot steps of each "
+                                           "candidate (a, b, c; see pilot_bounds_)", bounds)
+    assert best is made["b"] and best.budget == 77 and best.step == 10
+    assert best.extra_steps == 20  # the other two candidates' steps
+    assert best.passes == 3 * (10 * 10 + 4)  # every candidate's steps and its bound
+    assert best.train_seconds == 3 * (10 * 0.5 + 0.25)
+    assert [(r["passes"], r["train_seconds"]) for r in best.history] == [(150, 7.5), (300, 15.0)]
+    assert AttachmentReport("greedy", "init='greedy'").pilot_bounds == {}
