@@ -37,11 +37,13 @@ from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPAB
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
 from .schedules import AggressiveEncoder, AttachmentUpdates, LoggedDiagnostics
-from .trainer import Trainer, TrainingConfig
+from .trainer import Trainer, TrainingConfig, TrainingSettings
 from .validation import as_data, check_positive_int
 
 #: Floating-point types training can run in (evaluation is always float64).
 TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The optimisation defaults every estimator shares (:class:`~mapa_vae.trainer.TrainingSettings`).
+_TRAINING = TrainingSettings()
 
 
 def _keep_arguments(estimator, arguments: dict) -> None:
@@ -108,6 +110,15 @@ class _LatentDensity(DensityMixin, BaseEstimator):
             return int(self.random_state)
         return int(np.random.default_rng(self.random_state).integers(2**31))
 
+    def _learning_rate(self) -> float:
+        """``learning_rate``, or the method's protocol rate when it is ``None``
+        (:mod:`mapa_vae.methods`)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        from .methods import METHODS
+
+        return METHODS[self.method].learning_rate
+
     def _torch_dtype(self) -> torch.dtype:
         """The floating-point type training runs in (``dtype``: "float32" or "float64")."""
         if self.dtype not in TRAINING_DTYPES:
@@ -163,7 +174,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         """The model, objective and trainer for validated data ``X`` (``steps``: the trainer's
         budget, default ``self.steps``; ``start``: handed to :meth:`_make_objective`)."""
         config = TrainingConfig(steps=self.steps if steps is None else steps,
-                                batch_size=self.batch_size, learning_rate=self.learning_rate,
+                                batch_size=self.batch_size, learning_rate=self._learning_rate(),
                                 lr_schedule=self.lr_schedule, seed=seed,
                                 log_every=self.log_every).validate()
         device = resolve_device(self.device)
@@ -316,7 +327,9 @@ class MAPADensity(_LatentDensity):
         Known observation noise (fixed). ``None`` learns ``σ`` and chooses MAPA's bandwidth from
         the data (leave-one-out).
     steps, batch_size, learning_rate, lr_schedule : optimisation (Adam; minibatches of atom
-        indices; ``lr_schedule`` "constant" or "cosine", annealed to zero over ``steps``).
+        indices), default 3000 steps of 100, the protocol's peak rate of the method
+        (``learning_rate=None``, :mod:`mapa_vae.methods`: 0.01 for MAPA) cosine-annealed to zero
+        over ``steps`` (``lr_schedule="constant"`` keeps it), as every method and the bench.
     n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
         kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given).
     features : None, int or scikit-learn transformer, default=None
@@ -397,8 +410,8 @@ class MAPADensity(_LatentDensity):
     method = "mapa"
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
+                 steps=_TRAINING.steps, batch_size=_TRAINING.batch_size, learning_rate=None,
+                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every, random_state=None, verbose=False, device="cpu", distributed=False,
                  n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200,
                  project_every=50, reattach_every=500, codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, dtype="float32"):
@@ -469,10 +482,11 @@ class MAPADensity(_LatentDensity):
         if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
-        rate = (3 * self.learning_rate if self.code_learning_rate is None
+        learning_rate = self._learning_rate()
+        rate = (3 * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
-                                  code_lr_scale=rate / self.learning_rate)
+                                  code_lr_scale=rate / learning_rate)
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment."""
@@ -565,8 +579,9 @@ class VAEDensity(_EncoderDensity):
     method = "vae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
-                 lr_schedule="constant", log_every=100,
+                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
+                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False,
                  dtype="float32"):
         _keep_arguments(self, locals())
@@ -581,8 +596,9 @@ class IWAEDensity(_EncoderDensity):
     method = "iwae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
-                 lr_schedule="constant", log_every=100,
+                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
+                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False, n_samples=10,
                  dtype="float32"):
         _keep_arguments(self, locals())
@@ -597,8 +613,9 @@ class LaggingVAEDensity(_EncoderDensity):
     method = "lagging"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=3000, batch_size=100, learning_rate=1e-3,
-                 lr_schedule="constant", log_every=100,
+                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
+                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False, max_inner=100,
                  check_every=10, dtype="float32"):
         _keep_arguments(self, locals())
@@ -620,8 +637,8 @@ class PriorISDensity(_LatentDensity):
     method = "prior-is"
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=3000, batch_size=100, learning_rate=1e-3, lr_schedule="constant",
-                 log_every=100, random_state=None, verbose=False, device="cpu", distributed=False,
+                 steps=_TRAINING.steps, batch_size=_TRAINING.batch_size, learning_rate=None,
+                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every, random_state=None, verbose=False, device="cpu", distributed=False,
                  n_samples=100, dtype="float32"):
         _keep_arguments(self, locals())
 

@@ -186,7 +186,10 @@ def run_pilots(candidates: Candidates, make_trainer, pilot_steps: int):
         trainer = trainers[name] = make_trainer(perm, candidates.budget)
         trainer.fit(until=pilot_steps)
         start = time.perf_counter()
-        with torch.no_grad():
+        # seeded from the run, not the process, so that a bound drawing codes (Gaussian codes)
+        # ranks the candidates the same whatever ran before in this process
+        with torch.no_grad(), torch.random.fork_rng():
+            torch.manual_seed(trainer.config.seed)
             bound = trainer.objective(None, torch.arange(trainer.n, device=trainer.device))
         trainer.counter.add(bound.passes)
         trainer.train_seconds += time.perf_counter() - start
