@@ -305,7 +305,11 @@ def candidate_coordinates(method: str, X: np.ndarray, weights: sparse.spmatrix, 
     if method == "spectral":
         return spectral_coordinates(weights, d, random_state)
     if method == "pca":
-        return PCA(n_components=min(d, *Y.shape), random_state=random_state).fit_transform(Y)
+        if min(Y.shape) < d:
+            raise ValueError(f"'pca' takes {d} principal components (latent_dim) of data with "
+                             f"{Y.shape[1]} dimensions (features) and {n} points; it needs at "
+                             f"least {d} of each")
+        return PCA(n_components=d, random_state=random_state).fit_transform(Y)
     if method == "coarse":
         order = coarse_tour(Y, random_state=random_state)
     elif method == "greedy":
