@@ -4,7 +4,8 @@ variants) against the VAE and IWAE (S = 10) on the same decoder, optimiser, batc
     python3 benchmarks/digits.py [--latent-dims 2 8] [--steps 5000] [--seeds 3]
                                  [--features 16] [--methods mapa mapa-identity vae iwae]
                                  [--learning-rate METHOD=RATE ...]
-                                 [--extra METHOD:NAME=VALUE ...] [--out bench-results/digits]
+                                 [--extra METHOD:NAME=VALUE ...] [--effective-neighbours K]
+                                 [--out bench-results/digits]
 
 Data: the 1797 images of ``sklearn.datasets.load_digits`` (shipped with scikit-learn, no
 download), dequantised to ``x = (v + u) / 17`` with ``u ~ U[0, 1)`` so that a density on
@@ -14,7 +15,9 @@ Models: decoder ``d_z → 128 → 128 → 64`` (tanh), standard-normal prior, Ga
 ``σ`` learned by every method; encoders of the same size for the baselines. MAPA is computed in
 a data-only representation, the training images' first ``--features`` principal components,
 whitened (the decoder still models all 64 pixels), with the bandwidth chosen by leave-one-out
-unless ``--extra mapa:bandwidth=H`` sets it. Methods: ``mapa`` (a permutation of fixed atoms up
+unless ``--extra mapa:bandwidth=H`` sets it or ``--effective-neighbours K`` chooses it from the
+training images alone (:func:`bandwidth_for_neighbours`: the median row has ``K`` effective
+neighbours). Methods: ``mapa`` (a permutation of fixed atoms up
 to ``d_z = 2``, learned Gaussian codes above), ``mapa-gaussian`` and ``mapa-atoms`` (either
 codes at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``vae``,
 ``iwae`` (S = 10).
@@ -121,8 +124,33 @@ def fitted_gaussian_log_likelihood(model, X: np.ndarray, seed: int, fit_steps: i
     return importance_log_marginal(decode, prior, sigma, X, draw, n_samples, seed)
 
 
+def bandwidth_for_neighbours(X: np.ndarray, features: int, k: float, seed: int) -> float:
+    """A data-only kernel width: the ``h`` at which the median training image's MAPA row has
+    ``k`` effective neighbours, ``1 / Σ_j w_j²`` with ``w_j ∝ exp(−‖f_i − f_j‖² / 2h²)`` over
+    its ``4k`` nearest neighbours (itself included) in the whitened principal components MAPA
+    sees; by bisection on ``log h``."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    F = PCA(n_components=features, whiten=True, random_state=seed).fit_transform(X)
+    sq = NearestNeighbors(n_neighbors=int(4 * k)).fit(F).kneighbors(F)[0] ** 2
+
+    def median_neighbours(h):
+        logits = -sq / (2 * h * h)
+        w = np.exp(logits - logits.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        return float(np.median(1.0 / (w**2).sum(axis=1)))
+
+    lo, hi = np.log(1e-3), np.log(1e3)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if median_neighbours(np.exp(mid)) < k else (lo, mid)
+    return float(np.exp(0.5 * (lo + hi)))
+
+
 def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
-            learning_rate: float, extra: dict | None = None, evaluator: str = "one") -> dict:
+            learning_rate: float, extra: dict | None = None, evaluator: str = "one",
+            neighbours: float = 0) -> dict:
     import torch
 
     from mapa_vae.methods import family, make_estimator
@@ -134,6 +162,8 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
                   random_state=seed)
     if family(method) == "mapa":
         params.update(features=features)
+        if neighbours:
+            params.update(bandwidth=bandwidth_for_neighbours(X, features, neighbours, seed))
     if method == "iwae":
         params.update(n_samples=10)
     params.update(extra or {})
@@ -141,7 +171,8 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
     start = time.perf_counter()
     est = make_estimator(method, **params).fit(X)
     wall = time.perf_counter() - start
-    row = {"method": label(method), "latent_dim": latent_dim,
+    row = {"method": label(method), "latent_dim": latent_dim, "bandwidth": est.mapa_.bandwidth_
+           if family(method) == "mapa" else None,
            "seed": seed, "learning_rate": learning_rate, "sigma": est.sigma_,
            "passes_per_step": est.passes_per_step_, "total_passes": est.total_passes_,
            "seconds": est.setup_seconds_ + est.train_seconds_, "fit_wall_seconds": wall}
@@ -273,6 +304,9 @@ def main() -> None:
                         help="an estimator setting for one method, e.g. mapa:code_scale=0.3")
     parser.add_argument("--learning-rate", nargs="+", default=[], metavar="METHOD=RATE",
                         help="override the protocol's learning rate of a method, e.g. vae=0.01")
+    parser.add_argument("--effective-neighbours", type=float, default=0,
+                        help="MAPA's kernel width from the training images alone: the median "
+                             "row has this many effective neighbours (0: leave-one-out)")
     parser.add_argument("--out", default="bench-results/digits")
     args = parser.parse_args()
     from mapa_vae.methods import METHODS as ALL_METHODS
@@ -294,7 +328,8 @@ def main() -> None:
             parser.error(f"--extra {item}: expected METHOD:NAME=VALUE with METHOD among --methods")
         extras[method][name] = json.loads(value) if value[0] in "0123456789-[{tfn" else value
     args.extras = extras
-    jobs = [(m, d, s, args.steps, args.features, args.rates[m], extras[m], args.evaluator)
+    jobs = [(m, d, s, args.steps, args.features, args.rates[m], extras[m], args.evaluator,
+             args.effective_neighbours)
             for d in args.latent_dims for m in args.methods for s in range(args.seeds)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(one_run, *zip(*jobs)))
