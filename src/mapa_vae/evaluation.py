@@ -100,12 +100,19 @@ def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal
             sq = (x.unsqueeze(0) - mean).square().sum(-1)
             log_w = (log_normal_from_sqdist(sq, float(sigma), x.shape[1])
                      + prior.log_prob(z) - log_q)
-        log_mean = torch.logsumexp(log_w, dim=0) - math.log(k)
-        w = torch.exp(log_w - log_mean)  # weights relative to their mean
-        log_p[rows] = log_mean.numpy()
-        se[rows] = (w.std(dim=0) / math.sqrt(k)).numpy()
-        ess[rows] = (w.sum(0).square() / w.square().sum(0)).numpy()
+        log_p[rows], se[rows], ess[rows] = weight_summary(log_w)
     return ImportanceEstimate(log_p, se, ess, n_samples)
+
+
+def weight_summary(log_w: torch.Tensor):
+    """From log importance weights of shape ``(K, n)``: per column ``log mean(w)``, its
+    delta-method standard error ``sd(w) / (√K mean(w))`` (infinite for ``K = 1``) and the
+    effective sample size ``(Σ w)² / Σ w²``, as NumPy arrays."""
+    k = log_w.shape[0]
+    log_mean = torch.logsumexp(log_w, dim=0) - math.log(k)
+    w = torch.exp(log_w - log_mean)  # weights relative to their mean
+    se = (w.std(dim=0) / math.sqrt(k)).numpy() if k > 1 else np.full(w.shape[1], np.inf)
+    return log_mean.numpy(), se, (w.sum(0).square() / w.square().sum(0)).numpy()
 
 
 def defensive_mixture(z, z_prior, from_prior, log_q, prior: Prior, share: float):

@@ -51,7 +51,7 @@ import time
 import numpy as np
 import torch
 
-from .evaluation import ImportanceEstimate
+from .evaluation import ImportanceEstimate, weight_summary
 from .likelihood import log_normal_from_sqdist
 from .priors import Prior, StandardNormal
 from .validation import as_data, check_positive_int
@@ -224,11 +224,7 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
         with torch.no_grad():
             log_w = _importance_weights(target, x, loc, widen * factor, n_samples, defensive,
                                         generator)
-        log_mean = torch.logsumexp(log_w, 0) - math.log(n_samples)
-        w = torch.exp(log_w - log_mean)
-        log_p[rows] = log_mean.numpy()
-        se[rows] = (w.std(0) / math.sqrt(n_samples)).numpy() if n_samples > 1 else np.inf
-        ess[rows] = (w.sum(0).square() / w.square().sum(0)).numpy()
+        log_p[rows], se[rows], ess[rows] = weight_summary(log_w)
     return ImportanceEstimate(log_p, se, ess, n_samples, decoder_passes=target.passes,
                               seconds=time.perf_counter() - start_time)
 
