@@ -10,7 +10,7 @@ from mapa_vae import datasets, mapa_setup
 from mapa_vae.atoms import stratified_atoms, transport
 from mapa_vae.mapa_setup import (AttachmentReport, Candidates, initial_candidates, prepare,
                                  run_pilots)
-from mapa_vae.priors import StandardNormal, Uniform
+from mapa_vae.priors import Uniform
 from mapa_vae.trainer import PassCounter
 
 WEIGHTS = {"n_neighbors": "auto", "bandwidth": None}

@@ -18,7 +18,7 @@ from scipy import stats
 from mapa_vae import GroundTruth, datasets
 from mapa_vae.evaluation import log_marginal
 from mapa_vae.ground_truth import LinearGaussian
-from mapa_vae.marginal import check_differentiable, estimate_log_marginal, from_standard_normal
+from mapa_vae.marginal import estimate_log_marginal, from_standard_normal
 from mapa_vae.priors import StandardNormal, Uniform
 
 FAST = dict(n_samples=1000, fit_steps=150)

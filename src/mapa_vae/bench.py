@@ -13,8 +13,8 @@ runs are finished; the same command resumes. The true log-density of each test s
 every method of a dataset and seed) is computed once and kept in ``DIR/truth/``.
 
 The bench writes ``DIR/results.json`` and ``DIR/results.csv`` (one row per run),
-``DIR/summary.md`` (median and interquartile range over seeds, and the targets checked as
-measured) and its figures (see :mod:`mapa_vae.bench_figures`).
+``DIR/summary.md`` (each median with its range over seeds and the runs' standard error, and
+the targets checked as measured) and its figures (see :mod:`mapa_vae.bench_figures`).
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 
 from . import datasets
 from .experiment import RunConfig
+from .files import write_csv, write_json, write_text
 from .methods import BENCH_LABELS, parse_label
 from .methods import get as get_method
 from .trainer import TrainingSettings
-from .files import write_csv, write_json, write_text
 
 #: ``--quick``: a smoke run of the whole pipeline.
 QUICK = {"datasets": ["circle", "quadratic"], "methods": ["mapa", "vae", "iwae-10"], "seeds": 1,

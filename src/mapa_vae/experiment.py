@@ -134,8 +134,8 @@ def build_estimator(config: RunConfig, truth, Z_train=None):
                   **asdict(config.training), device=config.device,
                   distributed=config.distributed, dtype=config.dtype,
                   random_state=_streams(config.seed)[2])
-    if method.samples is not None:
-        params["n_samples"] = config.samples or method.samples
+    if config.samples is not None:  # else the method's default S
+        params["n_samples"] = config.samples
     if method.family == "mapa":
         params["init"] = Z_train if config.init == "oracle" else config.init
     params.update(config.extra)
