@@ -58,6 +58,24 @@ def test_mapa_bound_matches_its_definition_and_never_exceeds_log_p_hat():
     np.testing.assert_allclose(exact["log_prob"], empirical.log_prob(X), rtol=1e-5)
 
 
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_pair_distances_in_blocks_equal_the_whole_computation(monkeypatch, lead):
+    """Per-point bounds hold the (pair × dimension) residuals in blocks; the blocks compute
+    the same elementwise operations, so every entry is bitwise equal to the unblocked one."""
+    from mapa_vae import objectives
+
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    means = torch.randn(lead + (6, 5), generator=gen, dtype=torch.float64)
+    rows = torch.randint(0, 7, (23,), generator=gen)
+    cols = torch.randint(0, 6, (23,), generator=gen)
+    whole = (X[rows] - means[..., cols, :]).square().sum(-1)
+    monkeypatch.setattr(objectives, "_PAIR_BLOCK", 2 * 5 * math.prod(lead))  # 2 pairs a block
+    blocked = objectives._pair_sqdist(X, rows, means, cols)
+    assert blocked.shape == lead + (23,)
+    assert torch.equal(blocked, whole)
+
+
 def test_minibatch_estimate_over_all_atoms_equals_the_mean_bound():
     """The m_n, x̄_n, c_n rewriting: B decoder passes give the exact mean of L_i."""
     objective, X = _mapa_objective(n=80)

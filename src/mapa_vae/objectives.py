@@ -42,7 +42,7 @@ from torch import nn
 from .atoms import Attachment
 from .distributed import batch_normal
 from .encoders import AmortizedPosterior
-from .likelihood import mixture_log_joint, mixture_log_prob
+from .likelihood import log_normal_from_sqdist, mixture_log_joint, mixture_log_prob
 from .model import GenerativeModel
 from .priors import StandardNormal
 
@@ -111,6 +111,23 @@ def _register_targets(objective: Objective, weights, X: np.ndarray,
     return W
 
 
+_PAIR_BLOCK = 2**22  # (pair × dimension) entries of the residuals held at once
+
+
+def _pair_sqdist(X: torch.Tensor, rows: torch.Tensor, means: torch.Tensor,
+                 cols: torch.Tensor) -> torch.Tensor:
+    """``‖x_{rows[k]} − y_{cols[k]}‖²`` for every pair ``k`` of the sparse pattern, with
+    ``means`` of shape ``(..., N, D)`` (leading axes kept: shape ``(..., nnz)``), in blocks of
+    at most :data:`_PAIR_BLOCK` residual entries, so memory does not grow with ``nnz × D``."""
+    lead = means.shape[:-2]
+    per_block = max(1, _PAIR_BLOCK // (means.shape[-1] * math.prod(lead)))
+    out = means.new_empty(lead + (rows.shape[0],))
+    for start in range(0, rows.shape[0], per_block):
+        block = slice(start, start + per_block)
+        out[..., block] = (X[rows[block]] - means[..., cols[block], :]).square().sum(-1)
+    return out
+
+
 def _smoothed_log_lik(objective: Objective, idx: torch.Tensor, mean: torch.Tensor):
     """``Σ_i W_in log N(x_i; y_n, σ² I) = −m_n (D log σ + ½ D log 2π) − (m_n ‖x̄_n − y_n‖² +
     c_n) / (2σ²)`` for each ``n`` in ``idx`` and decoded ``y_n`` (``mean``, one row per index)."""
@@ -172,7 +189,7 @@ class MAPABound(Objective):
         cols = torch.as_tensor(W.col, device=means.device)
         w = torch.as_tensor(W.data, device=means.device)
         d = X.shape[1]
-        sq = (X[rows] - means[cols]).square().sum(-1)
+        sq = _pair_sqdist(X, rows, means, cols)
         log_lik = -0.5 * sq / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
         contrib = w * (log_lik - math.log(n) - torch.log(w.clamp_min(1e-300)))
         bound = torch.zeros(n, dtype=torch.float64, device=means.device).index_add_(0, rows,
@@ -299,7 +316,8 @@ class GaussianCodesBound(Objective):
         X = torch.as_tensor(self.X, dtype=mean.dtype, device=mean.device)
         if points is not None:
             X = X[torch.as_tensor(np.asarray(points), device=mean.device)]
-        log_lik = lik.log_prob(X[rows].unsqueeze(0), mean[:, cols])  # (S, nnz)
+        sq = _pair_sqdist(X, rows, mean, cols)  # (S, nnz)
+        log_lik = log_normal_from_sqdist(sq, lik.sigma.to(sq.dtype), X.shape[-1])
         inner = (log_lik + neg_kl[:, cols]).mean(0)
         w = torch.as_tensor(W.data, dtype=mean.dtype, device=mean.device)
         out = torch.zeros(W.shape[0], dtype=mean.dtype, device=mean.device)
