@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("mapa", "mapa-gaussian", "mapa-identity", "mapa-atoms", "vae", "iwae")
+METHODS = ("mapa", "mapa-gaussian", "mapa-identity", "mapa-atoms", "mapa-iw", "vae", "iwae")
 HIDDEN = (128, 128)
 
 
