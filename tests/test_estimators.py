@@ -365,3 +365,26 @@ def test_latent_dimension_three_is_scored_by_importance_sampling():
     scores = est.score_samples(X[:5])
     np.testing.assert_array_equal(scores, est.log_likelihood(X[:5]).log_prob)
     assert np.isfinite(scores).all()
+
+
+def test_kernel_width_is_chosen_on_held_out_points_by_grid_search(circle):
+    """scikit-learn's GridSearchCV over ``effective_neighbours`` with one held-out split scores
+    each width by the held-out log-likelihood of a fit on the rest (seeded, so a fit by hand
+    gives the same number exactly) and refits the best on all points."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, ShuffleSplit
+
+    truth, X, _ = circle
+    split = ShuffleSplit(n_splits=1, test_size=0.2, random_state=0)
+    base = MAPADensity(sigma=truth.sigma, steps=30, random_state=0)
+    widths = [None, 3.0]
+    search = GridSearchCV(base, {"effective_neighbours": widths}, cv=split).fit(X)
+    train, test = next(split.split(X))
+    by_hand = [clone(base).set_params(effective_neighbours=k).fit(X[train]).score(X[test])
+               for k in widths]
+    assert list(search.cv_results_["mean_test_score"]) == by_hand
+    best = search.best_estimator_
+    assert best.effective_neighbours == widths[int(np.argmax(by_hand))]
+    assert best.n_features_in_ == 2 and best.mapa_.weights_.shape == (300, 300)
+    assert clone(base).set_params(effective_neighbours=3.0).fit(X).mapa_.bandwidth_rule_ == \
+        "effective_neighbours"

@@ -161,6 +161,40 @@ def test_loo_bandwidth_is_scale_equivariant():
     assert h2 == pytest.approx(7.5 * h1, rel=1e-3)
 
 
+@pytest.mark.parametrize("n_neighbors, target", [(None, 1.5), (None, 4.0), (40, 3.0)])
+def test_effective_neighbours_sets_the_median_rows_smoothing(n_neighbors, target):
+    """The median row's effective neighbours 1 / Σ w² rise with h, and the bisection stops
+    with ``target`` inside a bracket of relative width 1e-6 around the returned h: so the
+    median count at h·e^(∓2e-6) lies on either side of ``target`` (each row over the kept
+    neighbours the weights use)."""
+    X = _data(13, n=200)
+    mapa = MAPAPosterior(n_neighbors=n_neighbors, effective_neighbours=target).fit(X)
+    sqdist = ((X[:, None, :] - X[mapa.neighbors_]) ** 2).sum(-1)
+
+    def median_count(h):
+        return np.median(mapa_module.effective_neighbour_counts(sqdist, h))
+
+    h = mapa.bandwidth_
+    assert median_count(h * math.exp(-2e-6)) <= target <= median_count(h * math.exp(2e-6))
+    W = mapa.weights_
+    np.testing.assert_allclose(1.0 / np.asarray(W.multiply(W).sum(axis=1)).ravel(),
+                               mapa_module.effective_neighbour_counts(sqdist, h), rtol=1e-9)
+    assert mapa.bandwidth_rule_ == "effective_neighbours"
+    wider = MAPAPosterior(n_neighbors=n_neighbors, effective_neighbours=target + 1).fit(X)
+    assert wider.bandwidth_ > mapa.bandwidth_
+
+
+def test_effective_neighbours_width_is_scale_equivariant():
+    """The rule depends on the data's scale only through h: scaling X by 7.5 scales h by 7.5
+    (the bisection's bracket scales with the data; it stops at a relative width of 1e-6) and
+    leaves the weights (each within the change over that bracket)."""
+    X = _data(14, n=150)
+    a = MAPAPosterior(n_neighbors=None, effective_neighbours=2.0).fit(X)
+    b = MAPAPosterior(n_neighbors=None, effective_neighbours=2.0).fit(7.5 * X)
+    assert b.bandwidth_ == pytest.approx(7.5 * a.bandwidth_, rel=1e-5)
+    np.testing.assert_allclose(b.weights_.toarray(), a.weights_.toarray(), atol=1e-3)
+
+
 def test_weights_are_all_self_for_a_tiny_kernel_and_uniform_for_a_huge_one():
     X = _data(11, n=50)
     tiny = MAPAPosterior(n_neighbors=None, bandwidth=1e-6).fit(X).weights_.toarray()
@@ -186,6 +220,12 @@ def test_weights_are_all_self_for_a_tiny_kernel_and_uniform_for_a_huge_one():
     (np.zeros((10, 2)), {}, "every point coincides"),
     (np.repeat(np.eye(2), 5, axis=0), {"n_neighbors": 4}, "every point coincides"),
     (np.zeros((10, 2)), {"n_neighbors": "many"}, "positive integer"),
+    (np.random.default_rng(0).normal(size=(10, 2)), {"effective_neighbours": 0.5},
+     "effective_neighbours must be a number from 1"),
+    (np.random.default_rng(0).normal(size=(10, 2)), {"effective_neighbours": 10},
+     "effective_neighbours must be a number from 1"),
+    (np.random.default_rng(0).normal(size=(10, 2)), {"effective_neighbours": 2, "sigma": 0.1},
+     "at most one of bandwidth, sigma and effective_neighbours"),
 ])
 def test_bad_input_raises_a_clear_error(X, kwargs, message):
     with pytest.raises(ValueError, match=message):

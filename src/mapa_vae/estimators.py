@@ -333,6 +333,11 @@ class MAPADensity(_LatentDensity):
         over ``steps`` (``lr_schedule="constant"`` keeps it), as every method and the bench.
     n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
         kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given).
+    effective_neighbours : float, optional
+        Sets ``h`` so that the median training row of MAPA has this many effective neighbours
+        (``1 / Σ_n w_n²``, at least 1; :class:`~mapa_vae.MAPAPosterior`): how much each target
+        is smoothed, in terms that do not depend on the data's scale. Chosen on held-out data
+        with scikit-learn's ``GridSearchCV`` (README, "Choosing MAPA's kernel width").
     features : None, int or scikit-learn transformer, default=None
         The data-only representation MAPA is computed in (its weights and the candidate
         attachments); the decoder still models the data. An int ``K``: PCA to ``K`` whitened
@@ -418,9 +423,11 @@ class MAPADensity(_LatentDensity):
 
     def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
                  steps=_TRAINING.steps, batch_size=_TRAINING.batch_size, learning_rate=None,
-                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every, random_state=None, verbose=False, device="cpu", distributed=False,
-                 n_neighbors="auto", bandwidth=None, features=None, init="auto", pilot_steps=200,
-                 project_every=50, reattach_every=500, codes="auto", weights="mapa",
+                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every,
+                 random_state=None, verbose=False, device="cpu", distributed=False,
+                 n_neighbors="auto", bandwidth=None, effective_neighbours=None, features=None,
+                 init="auto", pilot_steps=200, project_every=50, reattach_every=500,
+                 codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, n_samples=None, dtype="float32"):
         _keep_arguments(self, locals())
 
@@ -453,7 +460,8 @@ class MAPADensity(_LatentDensity):
         (``attachment_reason_``). A checkpoint restores its own attachment (``resume``)."""
         prior = make_prior(self.prior, check_positive_int(self.latent_dim, "latent_dim"))
         setup = prepare(X, prior, seed, features=self.features, n_neighbors=self.n_neighbors,
-                        bandwidth=self.bandwidth, sigma=self.sigma)
+                        bandwidth=self.bandwidth, sigma=self.sigma,
+                        effective_neighbours=self.effective_neighbours)
         self.features_, self.mapa_ = setup.features, setup.mapa
         if resume:
             return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))

@@ -31,6 +31,12 @@ leave-one-out log-likelihood of the Gaussian kernel density estimate,
 with the inner sum over the kept neighbours. MAPA's weights are then the responsibilities of the
 kernel mixture that best predicts held-out training points from the others, which is what MAPA's
 ``N(x; x_n, h² I) ≈ N(x; f(z_n), σ² I)`` asks for.
+
+Bandwidth by smoothing (``effective_neighbours=K``): ``h`` at which the median training row of
+MAPA (the point itself included) has ``K`` effective neighbours, ``1 / Σ_n MAPA(n | x_i)²``
+(``1`` as ``h → 0``, ``N`` as ``h → ∞``; increasing in ``h``), by bisection on ``log h``. A
+scale-free statement of how much each decoder target is smoothed, for choosing that amount on
+held-out data (:func:`mapa_vae.selection.select_kernel_width`).
 """
 from __future__ import annotations
 
@@ -122,6 +128,34 @@ class _NegativeLoo:
         return -float(log_sum.mean() + log_norm)
 
 
+def effective_neighbour_counts(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
+    """``1 / Σ_n w_n²`` per row of MAPA's weights ``w`` from squared distances ``(n, m)`` (each
+    row's kept entries; ``inf`` marks an absent one)."""
+    w = np.exp(kernel_log_weights(sqdist, bandwidth))
+    return 1.0 / np.einsum("ij,ij->i", w, w)
+
+
+def _bandwidth_for_neighbours(sqdist: np.ndarray, target: float, lo: float, hi: float) -> float:
+    """The ``h`` in ``[lo, hi]`` (widened until it brackets) at which the median row has
+    ``target`` effective neighbours: bisection on ``log h`` to a relative width of 1e-6."""
+    def median_count(log_h):
+        return float(np.median(effective_neighbour_counts(sqdist, math.exp(log_h))))
+
+    low, high = math.log(lo), math.log(hi)
+    for _ in range(20):  # duplicates can keep a row above one neighbour at any h
+        if median_count(low) <= target:
+            break
+        low -= math.log(10.0)
+    for _ in range(20):
+        if median_count(high) >= target:
+            break
+        high += math.log(10.0)
+    while high - low > 1e-6:
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if median_count(mid) < target else (low, mid)
+    return math.exp(0.5 * (low + high))
+
+
 class MAPAPosterior:
     """MAPA weights over training indices, in scikit-learn style.
 
@@ -133,9 +167,14 @@ class MAPAPosterior:
         power of two (at least 32) that keeps 99% of the kernel weight of every sampled row,
         with at most ``2²⁵`` kept entries in all.
     bandwidth : float, optional
-        Kernel scale ``h``. Give at most one of ``bandwidth`` and ``sigma``.
+        Kernel scale ``h``. Give at most one of ``bandwidth``, ``sigma`` and
+        ``effective_neighbours``.
     sigma : float, optional
         Known observation noise; sets ``h = √2 σ``.
+    effective_neighbours : float, optional
+        Sets ``h`` so that the median training row has this many effective neighbours
+        ``1 / Σ_n w_n²`` (at least 1; 1 is the limit ``h → 0``, ``W = I``). With none of the
+        three, ``h`` is chosen by leave-one-out.
     algorithm : {"auto", "kd_tree", "brute", "hnsw"}, default="auto"
         Neighbour search for the sparse form (:mod:`mapa_vae.neighbours`): ``"auto"`` is exact
         (k-d tree up to 16 dimensions, brute force above); ``"hnsw"`` is approximate (FAISS).
@@ -148,7 +187,7 @@ class MAPAPosterior:
         Row-stochastic: row ``i`` is ``MAPA(· | x_i)``.
     bandwidth_ : float
         The kernel scale used.
-    bandwidth_rule_ : {"bandwidth", "sigma", "loo"}
+    bandwidth_rule_ : {"bandwidth", "sigma", "loo", "effective_neighbours"}
         Where ``bandwidth_`` came from.
     neighbors_ : ndarray of shape (n_samples, k)
         Column indices kept per row, nearest first (int32 below 2³¹ samples).
@@ -177,16 +216,19 @@ class MAPAPosterior:
     """
 
     def __init__(self, n_neighbors: int | str | None = "auto", bandwidth: float | None = None,
-                 sigma: float | None = None, algorithm: str = "auto", n_jobs: int = -1):
+                 sigma: float | None = None, algorithm: str = "auto", n_jobs: int = -1,
+                 effective_neighbours: float | None = None):
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.sigma = sigma
         self.algorithm = algorithm
         self.n_jobs = n_jobs
+        self.effective_neighbours = effective_neighbours
 
     def __repr__(self) -> str:
         return (f"MAPAPosterior(n_neighbors={self.n_neighbors}, bandwidth={self.bandwidth}, "
-                f"sigma={self.sigma}, algorithm={self.algorithm!r})")
+                f"sigma={self.sigma}, algorithm={self.algorithm!r}, "
+                f"effective_neighbours={self.effective_neighbours})")
 
     # ---------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -208,8 +250,11 @@ class MAPAPosterior:
             self.index_ = NeighbourIndex(X, self.algorithm, self.n_jobs)
             self.algorithm_ = self.index_.algorithm
             probe = None
-            if self.bandwidth is None and self.sigma is None:  # leave-one-out over k neighbours
-                probe = self.index_.query(X, k or _AUTO_MIN_NEIGHBORS, include_self=True)
+            if self.bandwidth is None and self.sigma is None:  # from distances to k neighbours
+                probe_k = k or _AUTO_MIN_NEIGHBORS
+                if self.effective_neighbours is not None:  # room for the asked smoothing
+                    probe_k = max(probe_k, min(n, math.ceil(4 * self.effective_neighbours)))
+                probe = self.index_.query(X, probe_k, include_self=True)
                 self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(probe[0])
             else:
                 self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(None)
@@ -281,12 +326,20 @@ class MAPAPosterior:
             raise ValueError(f"dense MAPA for {n} samples needs an {n}x{n} matrix; "
                              f"set n_neighbors (e.g. 32) for the sparse form")
         check_algorithm(self.algorithm)  # also where the dense form will not search
-        if self.bandwidth is not None and self.sigma is not None:
-            raise ValueError("give at most one of bandwidth and sigma (sigma sets h = sqrt(2) sigma)")
+        given = [name for name in ("bandwidth", "sigma", "effective_neighbours")
+                 if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of bandwidth, sigma and effective_neighbours, "
+                             f"got {' and '.join(given)} (sigma sets h = sqrt(2) sigma)")
         for name in ("bandwidth", "sigma"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        target = self.effective_neighbours
+        if target is not None and (isinstance(target, bool) or not np.isfinite(target)
+                                   or not 1 <= target < n):
+            raise ValueError(f"effective_neighbours must be a number from 1 to below the number "
+                             f"of samples ({n}), got {target!r}")
         return k
 
     def _measure_truncation(self, k: int) -> int:
@@ -338,6 +391,9 @@ class MAPAPosterior:
                              "with another; pass bandwidth or sigma")
         lo = 0.01 * float(np.sqrt(np.median(positive)))
         hi = 2.0 * float(np.sqrt(others.max()))
+        if self.effective_neighbours is not None:
+            return _bandwidth_for_neighbours(sqdist, float(self.effective_neighbours),
+                                             lo, hi), "effective_neighbours"
         threads = os.cpu_count() if self.n_jobs == -1 else max(1, self.n_jobs)
         threads = min(threads, max(1, n // 20_000))  # threads only pay off on large inputs
         objective = _NegativeLoo(others, self.X_fit_.shape[1], threads)

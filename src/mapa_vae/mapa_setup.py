@@ -101,18 +101,21 @@ def representation(X: np.ndarray, features, seed: int):
 
 
 def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, bandwidth,
-            sigma) -> MAPASetup:
+            sigma, effective_neighbours=None) -> MAPASetup:
     """MAPA's representation, weights and atoms for training data ``X`` of shape
     ``(n_samples, n_features)``.
 
-    MAPA's kernel scale is ``h = bandwidth`` if given, else ``√2 σ`` for a known ``sigma``, else
-    chosen from the data (leave-one-out); ``n_neighbors`` as for
+    MAPA's kernel scale is ``h = bandwidth`` if given, else the width giving the median row
+    ``effective_neighbours`` effective neighbours if given, else ``√2 σ`` for a known ``sigma``,
+    else chosen from the data (leave-one-out); ``n_neighbors`` as for
     :class:`~mapa_vae.MAPAPosterior`. The atoms are ``n_samples`` stratified draws of ``prior``
     seeded by ``seed``.
     """
     F, transformer = representation(X, features, seed)
+    by_data = bandwidth is None and effective_neighbours is None
     mapa = MAPAPosterior(n_neighbors=n_neighbors, bandwidth=bandwidth,
-                         sigma=sigma if bandwidth is None else None).fit(F)
+                         sigma=sigma if by_data else None,
+                         effective_neighbours=effective_neighbours).fit(F)
     return MAPASetup(transformer, F, mapa, stratified_atoms(prior, X.shape[0],
                                                              random_state=seed))
 
