@@ -21,8 +21,7 @@ training images alone (MAPA's ``effective_neighbours``: the median row has ``K``
 neighbours) or ``--select-width K ...`` chooses ``K`` among candidates by the log-likelihood of
 10% of the training images held out (:func:`select_width`). Methods: ``mapa`` (a permutation of fixed atoms up
 to ``d_z = 2``, learned Gaussian codes above), ``mapa-gaussian`` and ``mapa-atoms`` (either
-codes at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``mapa-iw`` (Gaussian codes,
-the importance-weighted bound with S = 2), ``vae``, ``iwae`` (S = 10).
+codes at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``vae``, ``iwae`` (S = 10).
 
 Held-out log-likelihood, nats per image: for ``d_z ≤ 2`` by quadrature (256² nodes, exact up to
 the grid); above, by one evaluator, the same for every method: by default (``--evaluator one``)
@@ -56,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("mapa", "mapa-gaussian", "mapa-identity", "mapa-atoms", "mapa-iw", "vae", "iwae")
+METHODS = ("mapa", "mapa-gaussian", "mapa-identity", "mapa-atoms", "vae", "iwae")
 HIDDEN = (128, 128)
 
 

@@ -9,7 +9,7 @@ from mapa_vae.estimators import (DiscretePosterior, GaussianPosterior, IWAEDensi
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
                                  VAEDensity)
 from mapa_vae.methods import METHODS, make_estimator
-from mapa_vae.objectives import GaussianCodesBound, ImportanceWeightedCodesBound, MAPABound
+from mapa_vae.objectives import GaussianCodesBound, MAPABound
 
 SMALL = {"steps": 3, "batch_size": 10, "log_every": 1, "random_state": 0}
 #: One method per estimator class.
@@ -110,7 +110,6 @@ def test_pass_counts_follow_the_method(circle):
     mapa = MAPADensity(project_every=0, reattach_every=0, codes="atoms", **common).fit(X)
     assert mapa.total_passes_ == 12 * 50
     assert MAPADensity(codes="gaussian", **common).fit(X).total_passes_ == 12 * 50
-    assert MAPADensity(n_samples=3, **common).fit(X).total_passes_ == 12 * 50 * 3
     mapa = MAPADensity(project_every=5, reattach_every=4, codes="atoms", **common).fit(X)
     assert mapa.total_passes_ == 12 * 50 + 3 * 300  # 3 re-attachments decode every atom
     assert VAEDensity(**common).fit(X).total_passes_ == 12 * 2 * 50
@@ -218,8 +217,6 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(weights="knn", steps=2), "weights must be 'mapa' or 'identity'"),
     (lambda: MAPADensity(code_scale=0.0, steps=2), "code_scale must be a positive number"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
-    (lambda: MAPADensity(n_samples=0, steps=2), "n_samples must be a positive integer"),
-    (lambda: MAPADensity(n_samples=2, codes="atoms", steps=2), "needs Gaussian codes"),
 ])
 def test_bad_settings_give_clear_errors(make, message):
     X = np.random.default_rng(0).normal(size=(40, 2))
@@ -248,9 +245,6 @@ def test_codes_follow_the_latent_dimension_unless_given():
                       MAPABound)
     assert isinstance(make_estimator("mapa-gaussian", **fit).fit(X).objective_,
                       GaussianCodesBound)
-    weighted = make_estimator("mapa-iw", **fit).fit(X)  # n_samples implies Gaussian codes
-    assert isinstance(weighted.objective_, ImportanceWeightedCodesBound)
-    assert weighted.objective_.n_samples == 2 and weighted.passes_per_step_ == 2 * 20
 
 
 def test_bad_data_gives_clear_errors():

@@ -12,8 +12,8 @@ from mapa_vae.encoders import AmortizedPosterior
 from mapa_vae.likelihood import GaussianLikelihood
 from mapa_vae.model import GenerativeModel
 from mapa_vae.networks import mlp
-from mapa_vae.objectives import (ELBO, GaussianCodesBound, ImportanceWeightedCodesBound,
-                                 IWAEBound, MAPABound, PriorProposalBound)
+from mapa_vae.objectives import (ELBO, GaussianCodesBound, IWAEBound, MAPABound,
+                                 PriorProposalBound)
 from mapa_vae.priors import StandardNormal, Uniform
 
 
@@ -218,9 +218,9 @@ def test_sample_counts_must_be_positive_integers(bad):
 
 # --- MAPA with learned Gaussian codes ------------------------------------------------------
 def _codes_objective(n=40, prior=None, weights="random", seed=0, dtype=torch.float64,
-                     loc=None, scale=None, decoder=None, sigma=0.3, samples=None):
+                     loc=None, scale=None, decoder=None, sigma=0.3):
     """A float64 GaussianCodesBound on 2-D data with a random row-stochastic W (or the
-    identity) and random codes; with ``samples`` the importance-weighted bound over them."""
+    identity) and random codes."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 2))
     if weights == "random":
@@ -234,8 +234,6 @@ def _codes_objective(n=40, prior=None, weights="random", seed=0, dtype=torch.flo
     model = model.to(dtype)
     loc = rng.normal(size=(n, 1)) if loc is None else loc
     scale = rng.uniform(0.05, 0.5, size=(n, 1)) if scale is None else scale
-    if samples is not None:
-        return ImportanceWeightedCodesBound(model, W, X, loc, scale, samples, dtype=dtype), X
     return GaussianCodesBound(model, W, X, loc, scale, dtype=dtype), X
 
 
@@ -325,111 +323,3 @@ def test_gaussian_codes_refuse_bad_shapes_and_scales():
         _codes_objective(loc=np.zeros((3, 1)))
     with pytest.raises(ValueError, match="positive"):
         _codes_objective(scale=np.zeros((40, 1)))
-
-
-# --- the importance-weighted bound over MAPA's mixture of Gaussian codes --------------------
-def _iw_draws(objective, draws, seed=0):
-    """The per-point S-sample bound for ``draws`` independent estimates, shape (draws, N)."""
-    generator = torch.Generator().manual_seed(seed)
-    return np.stack([objective.per_point(generator=generator)["bound"] for _ in range(draws)])
-
-
-def _linear_case(samples, widen=0.0):
-    """f(z) = a z + b, W = I, each code the exact posterior N(v a·(x − b)/σ², v) (``widen``
-    adds to its log scale); returns the objective, the data and log p(x) in closed form."""
-    sigma, a, b = 0.3, np.array([0.8, -0.5]), np.array([0.1, 0.2])
-    decoder = torch.nn.Linear(1, 2).double()
-    with torch.no_grad():
-        decoder.weight.copy_(torch.tensor(a[:, None]))
-        decoder.bias.copy_(torch.tensor(b))
-    X = np.random.default_rng(0).normal(size=(30, 2))
-    v = 1.0 / (1.0 + a @ a / sigma**2)
-    loc = (v * (X - b) @ a / sigma**2)[:, None]
-    objective, _ = _codes_objective(n=30, weights="identity", decoder=decoder, sigma=sigma,
-                                    loc=loc, scale=np.full((30, 1), math.sqrt(v) * math.exp(widen)),
-                                    samples=samples)
-    objective.X = X
-    cov = np.outer(a, a) + sigma**2 * np.eye(2)
-    diff = X - b
-    log_p = (-0.5 * np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)
-             - 0.5 * np.log(np.linalg.det(cov)) - math.log(2 * math.pi))
-    return objective, X, log_p
-
-
-@pytest.mark.parametrize("samples", [1, 3])
-def test_importance_weights_are_exact_at_the_exact_posterior_of_a_linear_model(samples):
-    """With q the exact posterior every importance weight p(x, z)/q(z | x) equals p(x): each
-    estimate is log p(x) (closed form) whatever the draws, up to float64 rounding of terms of
-    a few nats."""
-    objective, _, log_p = _linear_case(samples)
-    np.testing.assert_allclose(_iw_draws(objective, 3), np.tile(log_p, (3, 1)), atol=1e-10)
-
-
-def test_importance_weighted_bound_rises_with_samples_and_stays_below_log_p():
-    """Codes e times too wide: the bound is strictly below log p(x) (closed form) at S = 1 and
-    2 (gaps of 1.8 and 0.5 nats or more), rises with S (Burda et al., 2016) and at S = 8 is
-    still no more than log p(x). Means of 400 estimates per point, compared beyond 4 standard
-    errors (a chance failure has probability about 3e-5 per point)."""
-    means, ses = {}, {}
-    for samples in (1, 2, 8):
-        objective, _, log_p = _linear_case(samples, widen=1.0)
-        draws = _iw_draws(objective, 400)
-        means[samples] = draws.mean(0)
-        ses[samples] = draws.std(0, ddof=1) / math.sqrt(400)
-    for small, large in ((1, 2), (2, 8)):
-        assert np.all(means[small] + 4 * ses[small] < log_p)
-        noise = np.sqrt(ses[small] ** 2 + ses[large] ** 2)
-        assert np.all(means[small] + 4 * noise < means[large])
-    assert np.all(means[8] - 4 * ses[8] <= log_p)
-
-
-@pytest.mark.parametrize("prior", [StandardNormal(1), Uniform(1)], ids=["normal", "uniform"])
-def test_importance_weighted_bound_stays_below_log_p_and_above_the_mixture_bound(prior):
-    """A random row-stochastic W, random codes, a random decoder: per point the S = 2 bound's
-    mean (400 estimates) is below log p_θ(x_i) by quadrature; at S = 1 it is the ELBO of the
-    mixture with its exact entropy, at least the mixture bound L_i (component entropies). Each
-    comparison allows 4 standard errors of the Monte-Carlo means."""
-    iw, X = _codes_objective(prior=prior, samples=2)
-    draws = _iw_draws(iw, 400)
-    mean, se = draws.mean(0), draws.std(0, ddof=1) / 20
-    assert np.all(mean - 4 * se <= iw.model.log_prob(X, nodes_per_dim=16384))
-    single, _ = _codes_objective(prior=prior, samples=1)
-    mixture, _ = _codes_objective(prior=prior)
-    upper = _iw_draws(single, 400)
-    lower = _per_draw_bounds(mixture, 400)
-    noise = np.sqrt(upper.var(0, ddof=1) + lower.var(0, ddof=1)) / 20
-    assert np.all(upper.mean(0) + 4 * noise >= lower.mean(0))
-
-
-def test_importance_weighted_proposal_keeps_the_largest_weights_and_draws_by_them():
-    """Each row keeps its largest weights up to 1 − 1e-3 of its mass, renormalised; the index
-    drawn at uniform u is the first whose cumulative weight reaches u (inverse CDF)."""
-    from mapa_vae.objectives import PROPOSAL_TAIL, _proposal_support
-
-    W = sparse.csr_matrix(np.array([[0.5, 0.2, 0.2995, 0.0005], [0.0, 1.0, 0.0, 0.0],
-                                    [0.25, 0.25, 0.25, 0.25], [0.0, 0.0, 0.0, 1.0]]))
-    support, log_w = _proposal_support(W)
-    assert support[0, :3].tolist() == [0, 2, 1] and np.isneginf(log_w[0, 3])
-    np.testing.assert_allclose(np.exp(log_w[0, :3]), [0.5, 0.2995, 0.2] / np.float64(0.9995))
-    assert support[1, 0] == 1 and log_w[1, 0] == 0.0 and np.isneginf(log_w[1, 1:]).all()
-    assert np.isfinite(log_w[2]).all()  # dropping any quarter loses more than the tail
-    assert PROPOSAL_TAIL == 1e-3
-    objective, _ = _codes_objective(n=4, samples=1)
-    drawn = ImportanceWeightedCodesBound(objective.model, W, objective.X,
-                                         objective.loc.detach().numpy(),
-                                         objective.log_scale.detach().exp().numpy(), 1,
-                                         dtype=torch.float64)
-    # row 0's cumulative weights: 0.50025, 0.80035, 1 (indices 0, 2, 1); row 1: 1 (index 1)
-    u = torch.tensor([[0.1, 0.6, 0.9, 0.5002, 0.5003, 1.0]], dtype=torch.float64)
-    assert drawn.draw_indices(torch.tensor([0]), u).tolist() == [[0, 2, 1, 0, 2, 1]]
-    assert drawn.draw_indices(torch.tensor([1]), u).tolist() == [[1] * 6]
-
-
-def test_importance_weighted_bound_counts_s_passes_per_row_and_trains_drawn_codes_only():
-    """S decoder passes per row; with W = I only the rows' own codes get gradients."""
-    objective, X = _codes_objective(samples=3, weights="identity", dtype=torch.float32)
-    x = torch.as_tensor(X[[3, 7]], dtype=torch.float32)
-    estimate = objective(x, torch.tensor([3, 7]))
-    assert estimate.passes == 6
-    estimate.value.backward()
-    assert set(torch.nonzero(objective.loc.grad.abs().sum(1)).ravel().tolist()) == {3, 7}

@@ -32,8 +32,7 @@ from .mapa import MAPAPosterior
 from .mapa_setup import AttachmentReport, initial_candidates, prepare, run_pilots
 from .model import GenerativeModel
 from .networks import float64_decoder, mlp
-from .objectives import (ELBO, GaussianCodesBound, ImportanceWeightedCodesBound, IWAEBound,
-                         LaggingELBO, MAPABound,
+from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPABound,
                          PriorProposalBound)
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
@@ -377,12 +376,6 @@ class MAPADensity(_LatentDensity):
     code_scale : float, default=0.1
         Initial ``s_n`` of every Gaussian code, in units of the prior (of the logit for the
         uniform prior).
-    n_samples : int, optional
-        With Gaussian codes, train on the ``S``-sample importance-weighted bound whose proposal
-        is MAPA's mixture over the codes
-        (:class:`~mapa_vae.objectives.ImportanceWeightedCodesBound`, ``S · B`` decoder passes
-        per step) instead of the mixture bound (``None``, ``B`` passes). Implies
-        ``codes="gaussian"`` under ``codes="auto"``.
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -428,7 +421,7 @@ class MAPADensity(_LatentDensity):
                  n_neighbors="auto", bandwidth=None, effective_neighbours=None, features=None,
                  init="auto", pilot_steps=200, project_every=50, reattach_every=500,
                  codes="auto", weights="mapa",
-                 code_learning_rate=None, code_scale=0.1, n_samples=None, dtype="float32"):
+                 code_learning_rate=None, code_scale=0.1, dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -447,11 +440,6 @@ class MAPADensity(_LatentDensity):
             if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
                     or not math.isfinite(value) or value <= 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if self.n_samples is not None:
-            check_positive_int(self.n_samples, "n_samples")
-            if self.codes == "atoms":
-                raise ValueError("n_samples (the importance-weighted bound) needs Gaussian codes: "
-                                 "set codes='gaussian' or 'auto', or leave n_samples=None")
 
     def _setup(self, X, seed: int, monitor=None, resume: bool = False) -> Trainer:
         """MAPA's setup (:func:`~mapa_vae.mapa_setup.prepare`, kept as ``features_`` and
@@ -483,11 +471,9 @@ class MAPADensity(_LatentDensity):
 
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
-        above, and always with ``n_samples``."""
+        above."""
         if self.codes != "auto":
             return self.codes
-        if self.n_samples is not None:
-            return "gaussian"
         return "atoms" if check_positive_int(self.latent_dim, "latent_dim") <= 2 else "gaussian"
 
     def _make_objective(self, X, model, start):
@@ -507,11 +493,8 @@ class MAPADensity(_LatentDensity):
         learning_rate = self._learning_rate()
         rate = (3 * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
-        scale = np.full_like(loc, float(self.code_scale))
-        if self.n_samples is not None:
-            return ImportanceWeightedCodesBound(model, W, X, loc, scale, self.n_samples,
-                                                code_lr_scale=rate / learning_rate)
-        return GaussianCodesBound(model, W, X, loc, scale, code_lr_scale=rate / learning_rate)
+        return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
+                                  code_lr_scale=rate / learning_rate)
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment."""

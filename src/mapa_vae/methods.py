@@ -85,9 +85,6 @@ METHODS = {m.name: m for m in [
     Method("mapa-gaussian", MAPADensity, "MAPA over learned Gaussian codes per index (the "
            "default above latent dimension 2)", 0.01, cost=lambda s: 1,
            settings={"codes": "gaussian"}, in_bench=False, metrics=_mapa_metrics),
-    Method("mapa-iw", MAPADensity, "MAPA's mixture over learned Gaussian codes as the proposal "
-           "of an S-sample importance-weighted bound", 0.01, cost=lambda s: s,
-           settings={"codes": "gaussian"}, samples=2, in_bench=False, metrics=_mapa_metrics),
     Method("vae", VAEDensity, "the VAE: Gaussian encoder, one-sample ELBO", 0.03,
            cost=lambda s: 2),
     Method("iwae", IWAEDensity, "IWAE with S importance samples", 0.01, cost=lambda s: 1 + s,
