@@ -38,6 +38,8 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["demo", "--dataset", "nope"], "unknown dataset 'nope'"),
     (["demo", "--dataset", "missing.py:truth"], "does not exist"),
     (["demo", "--n-train", "100", "--n-neighbors", "200"], "exceeds --n-train"),
+    (["fit", "--method", "vae", "--effective-neighbours", "2", "--steps", "5"],
+     "--effective-neighbours sets MAPA's kernel width; vae has no kernel"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
@@ -107,3 +109,17 @@ def test_fit_names_a_file_dataset_by_its_object_and_reports_nan_from_f(tmp_path,
     assert err.startswith(f"mapa-vae: error: f of the ground truth 'nan' from {str(path)!r} "
                           f"produced non-finite values (NaN or inf) for ")
     assert err.count("\n") == 1 and not (tmp_path / "nan").exists()
+
+
+def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
+    out = tmp_path / "fit"
+    assert main(["fit", "--dataset", "circle", "--effective-neighbours", "3", "--steps", "5",
+                 "--n-train", "200", "--n-test", "20", "--quiet", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["extra"] == {"effective_neighbours": 3.0}
+    from mapa_vae import MAPAPosterior, datasets
+    from mapa_vae.experiment import RunConfig, sample_data
+
+    X, _, _ = sample_data(RunConfig(dataset="circle", n_train=200), datasets.get("circle"))
+    expected = MAPAPosterior(effective_neighbours=3.0).fit(X).bandwidth_
+    assert metrics["bandwidth"] == expected

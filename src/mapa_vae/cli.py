@@ -47,6 +47,7 @@ def _print_summary(summary: dict, out: str) -> None:
 def fit(args) -> tuple[dict, bool]:
     """Train one method on a ground truth; write metrics, history, checkpoint and a figure. In a
     distributed fit every rank trains the same model and rank 0 alone writes and reports."""
+    from . import methods
     from .experiment import RunConfig, run
 
     device, writer = args.device, True
@@ -58,11 +59,17 @@ def fit(args) -> tuple[dict, bool]:
     training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                                 log_every=min(args.log_every, args.steps))
+    extra = {}
+    if args.effective_neighbours is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--effective-neighbours sets MAPA's kernel width; {args.method} "
+                             f"has no kernel")
+        extra["effective_neighbours"] = args.effective_neighbours
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        training=training, learn_sigma=args.learn_sigma, init=args.init,
                        seed=args.seed, eval_every=args.eval_every, device=device,
-                       distributed=args.distributed, dtype=args.dtype)
+                       distributed=args.distributed, dtype=args.dtype, extra=extra)
     return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
 
 
@@ -178,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="auto", choices=ATTACHMENTS,
                    help="MAPA's data-only initial attachment of atoms to training points "
                         "(auto: each candidate trains briefly, the highest bound continues)")
+    p.add_argument("--effective-neighbours", type=float, default=None, metavar="K",
+                   help="MAPA's kernel width as smoothing: the median training row has K "
+                        "effective neighbours (default: sqrt(2) sigma for a known sigma, else "
+                        "leave-one-out)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
