@@ -123,6 +123,19 @@ def test_pass_counts_follow_the_method(circle):
     assert lagging.history_[-1]["passes"] == lagging.total_passes_
 
 
+@pytest.mark.parametrize("method", ["mapa-gaussian", "mapa-atoms", "vae", "iwae", "lagging",
+                                    "prior-is"])
+def test_how_often_a_fit_logs_leaves_its_result_unchanged(method, circle):
+    """Diagnostics draw from their own generator: logging every step or every 20 steps trains
+    bitwise the same model."""
+    truth, X, _ = circle
+    fits = [make_estimator(method, sigma=truth.sigma, steps=20, batch_size=50, log_every=every,
+                           random_state=0).fit(X) for every in (1, 20)]
+    for a, b in zip(fits[0].objective_.parameters(), fits[1].objective_.parameters()):
+        assert torch.equal(a, b)
+    assert len(fits[0].history_) == 20 and len(fits[1].history_) == 1
+
+
 def test_same_seed_same_result_and_different_seeds_differ(circle):
     truth, X, _ = circle
     runs = [MAPADensity(sigma=truth.sigma, steps=40, random_state=s).fit(X) for s in (3, 3, 4)]
