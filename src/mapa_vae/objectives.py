@@ -42,7 +42,8 @@ from torch import nn
 from .atoms import Attachment
 from .distributed import batch_normal
 from .encoders import AmortizedPosterior
-from .likelihood import log_normal_from_sqdist, mixture_log_joint, mixture_log_prob
+from .likelihood import (log_normal_from_sqdist, mixture_log_joint, mixture_log_prob,
+                         squared_distances)
 from .model import GenerativeModel
 from .priors import StandardNormal
 
@@ -112,14 +113,21 @@ def _register_targets(objective: Objective, weights, X: np.ndarray,
 
 
 _PAIR_BLOCK = 2**22  # (pair × dimension) entries of the residuals held at once
+_DENSE_SHARE = 1 / 8  # above this share of all (row, column) pairs, compute every distance
 
 
 def _pair_sqdist(X: torch.Tensor, rows: torch.Tensor, means: torch.Tensor,
                  cols: torch.Tensor) -> torch.Tensor:
-    """``‖x_{rows[k]} − y_{cols[k]}‖²`` for every pair ``k`` of the sparse pattern, with
-    ``means`` of shape ``(..., N, D)`` (leading axes kept: shape ``(..., nnz)``), in blocks of
-    at most :data:`_PAIR_BLOCK` residual entries, so memory does not grow with ``nnz × D``."""
+    """``‖x_{rows[k]} − y_{cols[k]}‖²`` for every pair ``k`` of a sparse pattern, with
+    ``means`` of shape ``(..., N, D)`` (leading axes kept: shape ``(..., nnz)``). A pattern
+    holding more than :data:`_DENSE_SHARE` of all pairs takes every distance at once
+    (:func:`~mapa_vae.likelihood.squared_distances`, no cancellation-prone expansion) and picks
+    its pairs; a sparser one gathers its residuals in blocks of at most :data:`_PAIR_BLOCK`
+    entries, so memory does not grow with ``nnz × D``."""
     lead = means.shape[:-2]
+    if rows.shape[0] > _DENSE_SHARE * X.shape[0] * means.shape[-2]:
+        every = squared_distances(X.expand(lead + X.shape), means)
+        return every[..., rows, cols]
     per_block = max(1, _PAIR_BLOCK // (means.shape[-1] * math.prod(lead)))
     out = means.new_empty(lead + (rows.shape[0],))
     for start in range(0, rows.shape[0], per_block):
