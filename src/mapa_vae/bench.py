@@ -404,7 +404,9 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
              f"{config.training.steps} steps, batch {config.training.batch_size}, Adam "
              f"({_rates(config)}, {config.training.lr_schedule} schedule); "
              f"σ fixed at the truth; 2 × 64 tanh decoder (and encoder); test KL on "
-             f"{config.n_test} fresh samples, quadrature. Bench wall time {elapsed:.0f} s.", "",
+             f"{config.n_test} fresh samples (log p_θ by quadrature in one and two latent "
+             f"dimensions, above by the one evaluator of mapa_vae.marginal). Bench wall time "
+             f"{elapsed:.0f} s.", "",
              "Test KL in nats: median over seeds, its range over seeds [min, max] and the "
              "median of each run's standard error on its test points; a difference between "
              "methods smaller than the range is not a ranking. Passes: network evaluations on "
