@@ -36,7 +36,7 @@ Bandwidth by smoothing (``effective_neighbours=K``): ``h`` at which the median t
 MAPA (the point itself included) has ``K`` effective neighbours, ``1 / Σ_n MAPA(n | x_i)²``
 (``1`` as ``h → 0``, ``N`` as ``h → ∞``; increasing in ``h``), by bisection on ``log h``. A
 scale-free statement of how much each decoder target is smoothed, for choosing that amount on
-held-out data (:func:`mapa_vae.selection.select_kernel_width`).
+held-out data (``MAPADensity(effective_neighbours=K)`` in scikit-learn's ``GridSearchCV``).
 """
 from __future__ import annotations
 
