@@ -294,6 +294,15 @@ def test_non_callable_f(f):
         GroundTruth("normal", f, sigma=0.1)
 
 
+def test_an_f_that_fails_on_the_latent_size_names_it():
+    weights = torch.randn(3, 10, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"f failed on codes of shape \(3, 1\) \(latent_dim=1; "
+                                         r"is that f's input size\?\): RuntimeError"):
+        GroundTruth("normal", lambda z: z.double() @ weights, sigma=0.1)
+    assert GroundTruth("normal", lambda z: z.double() @ weights, sigma=0.1,
+                       latent_dim=3).data_dim == 10
+
+
 @pytest.mark.parametrize("sigma", [0, 0.0, -0.1, float("nan"), float("inf"), -float("inf")])
 def test_bad_sigma(sigma):
     with pytest.raises(ValueError, match="sigma must be a positive finite number"):

@@ -66,7 +66,12 @@ class GroundTruth:
         self.name = name
         self.source = None  # the file it came from (set by mapa_vae.datasets.load_from_file)
         self.nodes_per_dim = nodes_per_dim
-        probe = self.mean(self.prior.sample(3, random_state=0))
+        try:
+            probe = self.mean(self.prior.sample(3, random_state=0))
+        except (RuntimeError, TypeError, IndexError) as error:
+            raise ValueError(f"f failed on codes of shape (3, {self.latent_dim}) "
+                             f"(latent_dim={self.latent_dim}; is that f's input size?): "
+                             f"{type(error).__name__}: {error}") from error
         self.data_dim = probe.shape[1]
 
     def __repr__(self) -> str:
