@@ -59,6 +59,21 @@ METHODS = ("mapa", "mapa-gaussian", "mapa-identity", "mapa-atoms", "vae", "iwae"
 HIDDEN = (128, 128)
 
 
+def protocol_params(method: str, latent_dim: int, seed: int, steps: int, learning_rate: float,
+                    features: int = 16) -> dict:
+    """The benchmark's estimator settings for ``method``: decoder, batch, cosine schedule,
+    logging, seed, and for MAPA methods its representation (``features`` whitened principal
+    components); IWAE keeps its default ``S = 10``."""
+    from mapa_vae.methods import family
+
+    params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=steps, batch_size=100,
+                  learning_rate=learning_rate, lr_schedule="cosine", log_every=500,
+                  random_state=seed)
+    if family(method) == "mapa":
+        params.update(features=features)
+    return params
+
+
 def digits(seed: int):
     """``(X_train, X_test)``: dequantised with noise from ``seed``; the split is fixed."""
     from sklearn.datasets import load_digits
@@ -138,16 +153,14 @@ def select_width(estimator, X: np.ndarray, candidates: list[float], seed: int,
     ``GridSearchCV`` over ``effective_neighbours`` (``0`` in ``candidates``: leave-one-out)
     with one seeded split: a share ``held_out`` of ``X`` is scored by the one evaluator
     (``n_samples`` per image; quadrature up to ``d_z = 2``) after a fit on the rest with the
-    protocol's settings; the best is refitted on all of ``X``. Returns the search."""
-    from sklearn.model_selection import GridSearchCV, ShuffleSplit
+    protocol's settings; the best is refitted on all of ``X``. Returns the search
+    (:func:`select_width.width_search`)."""
+    from select_width import width_search
 
     def held_out_score(est, X_held, y=None):
         return float(held_out_log_likelihood(est, X_held, seed, n_samples).mean())
 
-    widths = [k or None for k in candidates]
-    split = ShuffleSplit(n_splits=1, test_size=held_out, random_state=seed)
-    return GridSearchCV(estimator, {"effective_neighbours": widths}, scoring=held_out_score,
-                        cv=split).fit(X)
+    return width_search(estimator, X, candidates, seed, held_out, scoring=held_out_score)
 
 
 def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
@@ -159,13 +172,7 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
 
     torch.set_num_threads(1)
     X, X_test = digits(seed)
-    params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=steps, batch_size=100,
-                  learning_rate=learning_rate, lr_schedule="cosine", log_every=500,
-                  random_state=seed)
-    if family(method) == "mapa":
-        params.update(features=features)
-    if method == "iwae":
-        params.update(n_samples=10)
+    params = protocol_params(method, latent_dim, seed, steps, learning_rate, features)
     params.update(extra or {})
     if family(method) == "mapa" and neighbours:
         params.update(effective_neighbours=neighbours)

@@ -183,7 +183,7 @@ def ais_part() -> list[dict]:
 
 
 def digits_part(seeds: int, steps: int, methods: list[str]) -> list[dict]:
-    from digits import HIDDEN, digits
+    from digits import digits, protocol_params
 
     from mapa_vae.methods import make_estimator
     from mapa_vae.methods import METHODS
@@ -193,13 +193,7 @@ def digits_part(seeds: int, steps: int, methods: list[str]) -> list[dict]:
     for seed in range(seeds):
         X, X_test = digits(seed)
         for method in methods:
-            params = dict(latent_dim=2, hidden=HIDDEN, steps=steps, batch_size=100,
-                          learning_rate=METHODS[method].learning_rate, lr_schedule="cosine",
-                          log_every=500, random_state=seed)
-            if method == "mapa":
-                params.update(features=16)
-            if method == "iwae":
-                params.update(n_samples=10)
+            params = protocol_params(method, 2, seed, steps, METHODS[method].learning_rate)
             est = make_estimator(method, **params).fit(X)
             start = time.perf_counter()
             model = est.model_
@@ -221,7 +215,7 @@ def digits_part(seeds: int, steps: int, methods: list[str]) -> list[dict]:
 def digits_samples_part(seeds: int, latent_dim: int, methods: list[str], n_images: int = 100,
                         base: int = 2000, factor: int = 10) -> list[dict]:
     """The evaluator at ``base`` samples against ``factor × base`` on trained digits models."""
-    from digits import HIDDEN, digits
+    from digits import digits, protocol_params
 
     from mapa_vae.methods import make_estimator
 
@@ -230,13 +224,7 @@ def digits_samples_part(seeds: int, latent_dim: int, methods: list[str], n_image
         X, X_test = digits(seed)
         X_test = X_test[:n_images]
         for method in methods:
-            params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=5000, batch_size=100,
-                          learning_rate=0.01, lr_schedule="cosine", log_every=500,
-                          random_state=seed)
-            if method == "mapa":
-                params.update(features=16)
-            if method == "iwae":
-                params.update(n_samples=10)
+            params = protocol_params(method, latent_dim, seed, 5000, 0.01)
             est = make_estimator(method, **params).fit(X)
             reference = est.model_.log_prob_estimate(X_test, seed=seed, n_samples=factor * base)
             estimate = est.model_.log_prob_estimate(X_test, seed=seed, n_samples=base)

@@ -24,6 +24,19 @@ from pathlib import Path
 import numpy as np
 
 
+def width_search(estimator, X: np.ndarray, candidates: list[float], seed: int,
+                 held_out: float = 0.1, scoring=None, refit: bool = True):
+    """scikit-learn's ``GridSearchCV`` over MAPA's ``effective_neighbours`` (``0`` in
+    ``candidates``: the default width) with one split holding out a share ``held_out`` of
+    ``X`` (seeded by ``seed``), scored by ``scoring`` (default: the estimator's ``score``, the
+    held-out log-likelihood) and, with ``refit``, the best refitted on all of ``X``."""
+    from sklearn.model_selection import GridSearchCV, ShuffleSplit
+
+    split = ShuffleSplit(n_splits=1, test_size=held_out, random_state=seed)
+    return GridSearchCV(estimator, {"effective_neighbours": [k or None for k in candidates]},
+                        scoring=scoring, refit=refit, cv=split).fit(X)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="linear-gaussian")
@@ -33,24 +46,19 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=1000)
     parser.add_argument("--out", default="bench-results/select-width")
     args = parser.parse_args()
-    from sklearn.model_selection import GridSearchCV, ShuffleSplit
-
     from mapa_vae import datasets
     from mapa_vae.experiment import RunConfig, build_estimator, run, sample_data
     from mapa_vae.files import write_json
 
     truth = datasets.get(args.dataset)
-    widths = [k or None for k in args.candidates]
     rows = []
     for seed in range(args.seeds):
         config = RunConfig.from_settings(dataset=args.dataset, method="mapa", seed=seed,
                                          n_test=args.n_test)
         X, Z, _ = sample_data(config, truth)
         start = time.perf_counter()
-        search = GridSearchCV(build_estimator(config, truth, Z),
-                              {"effective_neighbours": widths}, refit=False,
-                              cv=ShuffleSplit(n_splits=1, test_size=args.held_out,
-                                              random_state=seed)).fit(X)
+        search = width_search(build_estimator(config, truth, Z), X, args.candidates, seed,
+                              args.held_out, refit=False)
         seconds = time.perf_counter() - start
         n_held = int(np.ceil(args.held_out * len(X)))
         chosen = search.best_params_["effective_neighbours"]
