@@ -120,10 +120,12 @@ def test_short_path_improves_on_the_greedy_tour():
 
 @pytest.mark.parametrize("method", ["coarse", "fiedler"])
 def test_seriation_recovers_the_order_along_an_open_curve(method):
+    """Seeded, as every fit seeds it: the coarse tour's k-means start is random, and one start in
+    30 (random_state=5) orders this spiral with rank correlation 0.77 only."""
     truth = datasets.get("spiral")
     X, Z = truth.sample(800, seed=0)
     W = MAPAPosterior(sigma=truth.sigma).fit(X).weights_
-    position = candidate_coordinates(method, X, W, 1)
+    position = candidate_coordinates(method, X, W, 1, random_state=0)
     assert sorted(position[:, 0].tolist()) == list(range(800))
     assert abs(spearmanr(position[:, 0], Z[:, 0]).statistic) > 0.99
 
