@@ -174,7 +174,7 @@ def test_seriation_attaches_neighbouring_atoms_to_neighbours_on_a_loop():
     X, Z = truth.sample(1000, seed=1)
     mapa = MAPAPosterior(sigma=truth.sigma).fit(X)
     atoms = stratified_atoms(truth.prior, 1000)
-    perm = initial_attachment(X, mapa.weights_, atoms, truth.prior, "seriation")
+    perm = initial_attachment(X, mapa.weights_, atoms, truth.prior, "seriation", random_state=0)
     codes = atoms[perm, 0]
     # along the atoms' order, consecutive data points are close on the circle
     t = torch.special.ndtr(torch.from_numpy(Z[np.argsort(codes), 0])).numpy()
