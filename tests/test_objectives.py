@@ -47,6 +47,15 @@ def _brute_force_bound(objective, X):
     return (W * (log_lik - math.log(n) - np.log(safe))).sum(axis=1)
 
 
+def test_mapa_per_point_on_a_subset_equals_the_full_rows():
+    objective, X = _mapa_objective()
+    full = objective.per_point()
+    subset = np.array([7, 0, 3, len(X) - 1])
+    part = objective.per_point(subset)
+    for key in ("bound", "log_prob", "gap"):  # float64 sums over the same terms
+        np.testing.assert_allclose(part[key], full[key][subset], rtol=1e-12, atol=1e-12)
+
+
 def test_mapa_bound_matches_its_definition_and_never_exceeds_log_p_hat():
     objective, X = _mapa_objective()
     exact = objective.per_point()

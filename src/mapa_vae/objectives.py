@@ -90,7 +90,7 @@ class Objective(nn.Module):
         return any(parameter is q for q in self.inference_parameters())
 
 
-DIAGNOSTIC_POINTS = 2048  # training points whose gap the history tracks, beyond which a subset
+DIAGNOSTIC_POINTS = 256  # training points whose gap the history tracks, beyond which a subset
 
 
 def _register_targets(objective: Objective, weights, X: np.ndarray,
@@ -192,7 +192,9 @@ class MAPABound(Objective):
         sigma = float(self.model.likelihood.sigma)
         n = means.shape[0]
         X = torch.as_tensor(self.X, dtype=torch.float64, device=means.device)
-        W = self.weights.tocoo()
+        W = self.weights if points is None else self.weights[np.asarray(points)]
+        X = X if points is None else X[torch.as_tensor(points, device=means.device)]
+        W = W.tocoo()
         rows = torch.as_tensor(W.row, device=means.device)
         cols = torch.as_tensor(W.col, device=means.device)
         w = torch.as_tensor(W.data, device=means.device)
@@ -200,11 +202,8 @@ class MAPABound(Objective):
         sq = _pair_sqdist(X, rows, means, cols)
         log_lik = -0.5 * sq / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
         contrib = w * (log_lik - math.log(n) - torch.log(w.clamp_min(1e-300)))
-        bound = torch.zeros(n, dtype=torch.float64, device=means.device).index_add_(0, rows,
-                                                                                     contrib)
-        if points is not None:
-            points = torch.as_tensor(points, device=means.device)
-            X, bound = X[points], bound[points]
+        bound = torch.zeros(X.shape[0], dtype=torch.float64,
+                            device=means.device).index_add_(0, rows, contrib)
         log_w = torch.full((n,), -math.log(n), dtype=torch.float64, device=means.device)
         log_p = mixture_log_prob(X, means, log_w, sigma)
         return {"bound": bound.cpu().numpy(), "log_prob": log_p.cpu().numpy(),
