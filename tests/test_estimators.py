@@ -5,6 +5,7 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mapa_vae import datasets, test_kl
+from mapa_vae.atoms import POSITION_RATE
 from mapa_vae.estimators import (DiscretePosterior, GaussianPosterior, IWAEDensity,
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
                                  VAEDensity)
@@ -246,6 +247,28 @@ def test_training_runs_in_the_asked_floating_point_type(method, circle):
     single = make_estimator(method, sigma=0.1, steps=3, random_state=0).fit(X)
     assert {p.dtype for p in single.objective_.parameters()} == {torch.float32}
     assert est.score_samples(X[:5]).dtype == np.float64
+
+
+def test_atoms_positions_learn_at_the_code_learning_rate():
+    X = np.random.default_rng(0).normal(size=(200, 3))
+    fit = {"latent_dim": 2, "sigma": 0.3, "steps": 60, "batch_size": 50, "init": "isomap",
+           "reattach_every": 0, "lr_schedule": "constant", "random_state": 0}
+
+    def attachment(**extra):
+        est = MAPADensity(**fit, **extra).fit(X)
+        return est.objective_.attachment.perm.numpy(), est.trainer_
+
+    unprojected, _ = attachment(project_every=0)
+    # positions that barely move keep their atoms when projected
+    frozen, _ = attachment(project_every=20, code_learning_rate=1e-9)
+    np.testing.assert_array_equal(frozen, unprojected)
+    moved, _ = attachment(project_every=20, code_learning_rate=0.05)
+    assert (moved != unprojected).any()
+    _, trainer = attachment(project_every=20)
+    lr = {id(p): g["lr"] for g in trainer.generative_optimizer.param_groups for p in g["params"]}
+    positions = trainer.objective.attachment.positions
+    assert lr[id(positions)] == pytest.approx(POSITION_RATE * 0.01)  # MAPA's protocol rate
+    assert all(v == pytest.approx(0.01) for k, v in lr.items() if k != id(positions))
 
 
 def test_codes_follow_the_latent_dimension_unless_given():

@@ -229,6 +229,9 @@ def spectral_coordinates(weights: sparse.spmatrix, n_components: int,
     return embedding.fit_transform(affinity)
 
 
+#: The relaxed positions' learning rate as a share of the decoder's (``code_learning_rate``).
+POSITION_RATE = 0.3
+
 #: Up to this many points, matching is exact (linear assignment, ``O(N³)``); beyond, bisection.
 EXACT_MATCH_MAX = 2048
 _LEAF = 256  # bisection stops at blocks of at most this many points, matched exactly

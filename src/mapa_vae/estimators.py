@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
 from . import checkpoints
-from .atoms import Attachment
+from .atoms import POSITION_RATE, Attachment
 from .devices import resolve_device
 from .distributed import Shard
 from .encoders import AmortizedPosterior
@@ -370,9 +370,13 @@ class MAPADensity(_LatentDensity):
         index, no kernel; an ablation measuring what MAPA's smoothing contributes).
         :meth:`posterior` answers with MAPA's weights either way.
     code_learning_rate : float, optional
-        Peak learning rate of the Gaussian codes (each is updated only when its index is drawn,
-        once every ``N / batch_size`` steps); default ``3 × learning_rate`` (on digits, 0.03
-        beat 0.1 and 0.3 at ``latent_dim=2`` and tied 0.1 at 8, with ``learning_rate=0.01``).
+        Peak learning rate of the codes. Gaussian codes (each is updated only when its index is
+        drawn, once every ``N / batch_size`` steps): default ``3 × learning_rate`` (on digits,
+        0.03 beat 0.1 and 0.3 at ``latent_dim=2`` and tied 0.1 at 8, with
+        ``learning_rate=0.01``). Atoms: the rate of the relaxed positions, default
+        ``POSITION_RATE × learning_rate``; Adam moves a position by about its rate per step
+        whatever the gradient's size, so this sets how far positions drift between
+        projections (README, "Atoms and attachment").
     code_scale : float, default=0.1
         Initial ``s_n`` of every Gaussian code, in units of the prior (of the logit for the
         uniform prior).
@@ -484,13 +488,16 @@ class MAPADensity(_LatentDensity):
             W = sparse.identity(X.shape[0], format="csr", dtype=np.float64)
         else:
             W = setup.mapa.weights_
+        learning_rate = self._learning_rate()
         if self._codes() == "atoms":
-            return MAPABound(model, W, X, Attachment(setup.atoms, perm))
+            rate = (POSITION_RATE * learning_rate if self.code_learning_rate is None
+                    else self.code_learning_rate)
+            return MAPABound(model, W, X, Attachment(setup.atoms, perm),
+                             position_lr_scale=rate / learning_rate)
         loc = setup.atoms[perm]
         if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
-        learning_rate = self._learning_rate()
         rate = (3 * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),

@@ -157,7 +157,7 @@ class MAPABound(Objective):
     batch_over = "atoms"
 
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
-                 attachment: Attachment):
+                 attachment: Attachment, position_lr_scale: float = 1.0):
         super().__init__(model)
         W = _register_targets(self, weights, X)
         n = W.shape[0]
@@ -165,6 +165,14 @@ class MAPABound(Objective):
                                                 out=np.zeros_like(W.data))))
         self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
         self.attachment = attachment
+        self.position_lr_scale = float(position_lr_scale)
+
+    def parameter_groups(self) -> list[dict]:
+        """The model's parameters, and the relaxed positions at ``position_lr_scale`` times the
+        schedule's rate."""
+        positions = self.attachment.positions
+        rest = [p for p in self.generative_parameters() if p is not positions]
+        return [{"params": rest}, {"params": [positions], "lr_scale": self.position_lr_scale}]
 
     def forward(self, x, idx) -> BoundEstimate:
         mean = self.model.decoder(self.attachment.codes(idx))
