@@ -40,6 +40,9 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["demo", "--n-train", "100", "--n-neighbors", "200"], "exceeds --n-train"),
     (["fit", "--method", "vae", "--effective-neighbours", "2", "--steps", "5"],
      "--effective-neighbours sets MAPA's kernel width; vae has no kernel"),
+    (["fit", "--method", "iwae", "--code-learning-rate", "0.001", "--steps", "5"],
+     "--code-learning-rate sets the rate of MAPA's codes; iwae has none"),
+    (["fit", "--code-learning-rate", "-1", "--steps", "5"], "code_learning_rate must be"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
@@ -117,6 +120,11 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
                  "--n-train", "200", "--n-test", "20", "--quiet", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["extra"] == {"effective_neighbours": 3.0}
+    slow = tmp_path / "slow"
+    assert main(["fit", "--dataset", "circle", "--code-learning-rate", "0.002", "--steps", "5",
+                 "--n-train", "200", "--n-test", "20", "--quiet", "--out", str(slow)]) == 0
+    config = json.loads((slow / "metrics.json").read_text())["config"]
+    assert config["extra"] == {"code_learning_rate": 0.002}
     from mapa_vae import MAPAPosterior, datasets
     from mapa_vae.experiment import RunConfig, sample_data
 

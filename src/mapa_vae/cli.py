@@ -65,6 +65,11 @@ def fit(args) -> tuple[dict, bool]:
             raise ValueError(f"--effective-neighbours sets MAPA's kernel width; {args.method} "
                              f"has no kernel")
         extra["effective_neighbours"] = args.effective_neighbours
+    if args.code_learning_rate is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--code-learning-rate sets the rate of MAPA's codes; "
+                             f"{args.method} has none")
+        extra["code_learning_rate"] = args.code_learning_rate
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        training=training, learn_sigma=args.learn_sigma, init=args.init,
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's kernel width as smoothing: the median training row has K "
                         "effective neighbours (default: sqrt(2) sigma for a known sigma, else "
                         "leave-one-out)")
+    p.add_argument("--code-learning-rate", type=float, default=None, metavar="RATE",
+                   help="peak learning rate of MAPA's codes: the atoms' relaxed positions "
+                        "(default 0.3 x the learning rate) or the Gaussian codes (3 x)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
