@@ -68,3 +68,26 @@ def test_an_encoder_method_keeps_no_attachment_record(circle, tmp_path):
     loaded = checkpoints.load(VAEDensity, tmp_path / "vae.pt")
     assert not hasattr(loaded, "attachment_")
     np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))
+
+
+def test_a_checkpoint_from_before_the_positions_rate_loads_and_resumes_at_its_rate(circle,
+                                                                                 tmp_path):
+    truth, X, _ = circle
+    fit = {"sigma": truth.sigma, "batch_size": 50, "lr_schedule": "constant", "random_state": 0}
+    # positions at the decoder's rate (0.01 for MAPA) train in one optimiser group, as before
+    # code_learning_rate covered them; such files hold code_learning_rate=None
+    longer = MAPADensity(steps=30, code_learning_rate=0.01, **fit).fit(X)
+    est = MAPADensity(steps=20, code_learning_rate=0.01, **fit).fit(X)
+    checkpoints.save(est, tmp_path / "old.pt")
+    state = load_torch(tmp_path / "old.pt")
+    assert len(state["generative_optimizer"]["param_groups"]) == 1
+    params = json.loads(state["params"])
+    params["code_learning_rate"] = None
+    state["params"] = json.dumps(params)
+    save_torch(state, tmp_path / "old.pt")
+    loaded = MAPADensity.load(tmp_path / "old.pt")
+    assert loaded.code_learning_rate == 0.01
+    np.testing.assert_array_equal(loaded.score_samples(X[:5]), est.score_samples(X[:5]))
+    resumed = MAPADensity.load(tmp_path / "old.pt", steps=30)  # rtol as the resume test's
+    np.testing.assert_allclose(resumed.score_samples(X[:5]), longer.score_samples(X[:5]),
+                               rtol=1e-6)

@@ -93,6 +93,11 @@ def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None 
     if steps is not None:
         params["steps"] = check_positive_int(steps, "steps")
     estimator = cls(**params)
+    if (estimator.method == "mapa" and params.get("code_learning_rate") is None
+            and estimator._codes() == "atoms"
+            and len(state["generative_optimizer"]["param_groups"]) == 1):
+        # written when the relaxed positions learned at the decoder's rate
+        estimator.set_params(code_learning_rate=estimator._learning_rate())
     start = time.perf_counter()
     X = state["X"].numpy()
     trainer = estimator._setup(X, int(state["seed"]), resume=True)

@@ -169,7 +169,10 @@ class MAPABound(Objective):
 
     def parameter_groups(self) -> list[dict]:
         """The model's parameters, and the relaxed positions at ``position_lr_scale`` times the
-        schedule's rate."""
+        schedule's rate (one group when that is 1, as checkpoints written before the scale
+        existed hold)."""
+        if self.position_lr_scale == 1.0:
+            return super().parameter_groups()
         positions = self.attachment.positions
         rest = [p for p in self.generative_parameters() if p is not positions]
         return [{"params": rest}, {"params": [positions], "lr_scale": self.position_lr_scale}]
