@@ -488,18 +488,17 @@ class MAPADensity(_LatentDensity):
             W = sparse.identity(X.shape[0], format="csr", dtype=np.float64)
         else:
             W = setup.mapa.weights_
+        atoms = self._codes() == "atoms"
         learning_rate = self._learning_rate()
-        if self._codes() == "atoms":
-            rate = (POSITION_RATE * learning_rate if self.code_learning_rate is None
-                    else self.code_learning_rate)
+        rate = ((POSITION_RATE if atoms else 3) * learning_rate if self.code_learning_rate is None
+                else self.code_learning_rate)
+        if atoms:
             return MAPABound(model, W, X, Attachment(setup.atoms, perm),
-                             position_lr_scale=rate / learning_rate)
+                             code_lr_scale=rate / learning_rate)
         loc = setup.atoms[perm]
         if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
-        rate = (3 * learning_rate if self.code_learning_rate is None
-                else self.code_learning_rate)
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / learning_rate)
 

@@ -86,6 +86,12 @@ class Objective(nn.Module):
         multiplies the learning rate of the schedule."""
         return [{"params": self.generative_parameters()}]
 
+    def _groups_with_codes(self, codes: list, lr_scale: float) -> list[dict]:
+        """Two optimiser groups: the generative parameters other than ``codes``, and ``codes``
+        at ``lr_scale`` times the schedule's rate."""
+        rest = [p for p in self.generative_parameters() if not any(p is c for c in codes)]
+        return [{"params": rest}, {"params": codes, "lr_scale": lr_scale}]
+
     def _is_inference(self, parameter) -> bool:
         return any(parameter is q for q in self.inference_parameters())
 
@@ -157,7 +163,7 @@ class MAPABound(Objective):
     batch_over = "atoms"
 
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
-                 attachment: Attachment, position_lr_scale: float = 1.0):
+                 attachment: Attachment, code_lr_scale: float = 1.0):
         super().__init__(model)
         W = _register_targets(self, weights, X)
         n = W.shape[0]
@@ -165,17 +171,15 @@ class MAPABound(Objective):
                                                 out=np.zeros_like(W.data))))
         self.constant = entropy / n - math.log(n)  # H(W)/N − log N, per point
         self.attachment = attachment
-        self.position_lr_scale = float(position_lr_scale)
+        self.code_lr_scale = float(code_lr_scale)
 
     def parameter_groups(self) -> list[dict]:
-        """The model's parameters, and the relaxed positions at ``position_lr_scale`` times the
+        """The model's parameters, and the relaxed positions at ``code_lr_scale`` times the
         schedule's rate (one group when that is 1, as checkpoints written before the scale
         existed hold)."""
-        if self.position_lr_scale == 1.0:
+        if self.code_lr_scale == 1.0:
             return super().parameter_groups()
-        positions = self.attachment.positions
-        rest = [p for p in self.generative_parameters() if p is not positions]
-        return [{"params": rest}, {"params": [positions], "lr_scale": self.position_lr_scale}]
+        return self._groups_with_codes([self.attachment.positions], self.code_lr_scale)
 
     def forward(self, x, idx) -> BoundEstimate:
         mean = self.model.decoder(self.attachment.codes(idx))
@@ -280,9 +284,7 @@ class GaussianCodesBound(Objective):
         self.gaussian = isinstance(model.prior, StandardNormal)
 
     def parameter_groups(self) -> list[dict]:
-        codes = [self.loc, self.log_scale]
-        rest = [p for p in self.generative_parameters() if not any(p is c for c in codes)]
-        return [{"params": rest}, {"params": codes, "lr_scale": self.code_lr_scale}]
+        return self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
 
     def codes(self, idx: torch.Tensor, eps: torch.Tensor):
         """Draws ``z = g(μ_n + s_n ε)`` for the indices ``idx`` and noise ``ε`` of shape
