@@ -94,6 +94,33 @@ def test_transport_keeps_the_arrangement_of_the_points():
         assert spearmanr(points2[:, j], atoms2[perm2, j]).statistic > 0.9
 
 
+def test_transport_is_exact_up_to_a_leaf_and_bisects_beyond():
+    """The initial attachments' transport solves the assignment exactly for at most 256 points
+    and by recursive bisection beyond, at a cost close to the exact one."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+    from scipy.stats import norm, rankdata
+
+    rng = np.random.default_rng(1)
+    prior = StandardNormal(2)
+    for n in (200, 1500):
+        points = rng.uniform(size=(n, 2)) ** 3
+        atoms = stratified_atoms(prior, n, random_state=0)
+        mapped = norm.ppf((rankdata(points, axis=0) - 0.5) / n)
+        exact = linear_sum_assignment(cdist(mapped, atoms, "sqeuclidean"))[1]
+        perm = transport(points, atoms, prior)
+        assert sorted(perm.tolist()) == list(range(n))
+
+        def cost(p):
+            return ((mapped - atoms[p]) ** 2).sum(axis=1).mean()
+
+        if n <= 256:
+            np.testing.assert_array_equal(perm, exact)
+        else:
+            assert cost(exact) <= cost(perm) < 1.5 * cost(exact)
+            assert (perm != exact).any()  # not the exact solver's answer: the bisection ran
+
+
 def _path_length(C, order):
     return float(np.sqrt(((C[order[1:]] - C[order[:-1]]) ** 2).sum(axis=1)).sum())
 

@@ -10,7 +10,7 @@ permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on 
    Fiedler order of ``W`` (open curves) and the angle of its first two Laplacian eigenvectors
    (loops), matched by rank to the sorted atoms. ``d_z ≥ 2``: Isomap coordinates of ``Y``
    (unrolls sheets) and a spectral embedding of ``W``, each coordinate through its empirical CDF
-   and the prior's inverse CDF, then :func:`match`-ed to the atoms. The estimator chooses among
+   and the prior's inverse CDF, then :func:`transport`-ed to the atoms. The estimator chooses among
    the candidates by the bound after short pilot runs (:class:`~mapa_vae.MAPADensity`), or by
    :func:`roughness` without them.
 2. **Relaxed positions.** Each index has a continuous position ``p_n``; the decoder always sees
@@ -28,7 +28,7 @@ permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on 
    far-apart atoms; at that size the initial attachment has to get the global order right.
 
 :func:`match` is exact linear assignment up to 2048 points and recursive bisection with exact
-leaves beyond (``O(N log² N)``).
+leaves beyond (``O(N log² N)``); the initial attachments' :func:`transport` bisects beyond 256.
 """
 from __future__ import annotations
 
@@ -238,17 +238,18 @@ _LEAF = 256  # bisection stops at blocks of at most this many points, matched ex
 REATTACH_BLOCK = 256  # indices per group in a local re-attachment beyond EXACT_MATCH_MAX
 
 
-def match(points: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+def match(points: np.ndarray, atoms: np.ndarray, exact_max: int | None = None) -> np.ndarray:
     """A one-to-one matching of the rows of ``points`` to the rows of ``atoms`` (same shape) with
     a small total squared distance: ``perm`` with ``points[n]`` matched to ``atoms[perm[n]]``.
 
-    Exact (SciPy's linear assignment) up to :data:`EXACT_MATCH_MAX` rows. Beyond, recursive
-    bisection: both sets are split at the same rank along the coordinate where the points spread
-    most, the halves are matched recursively, and blocks of at most 256 are matched exactly;
-    ``O(N log² N)``, a transport that keeps each half's points with the same half's atoms.
+    Exact (SciPy's linear assignment) up to ``exact_max`` rows (default
+    :data:`EXACT_MATCH_MAX`). Beyond, recursive bisection: both sets are split at the same rank
+    along the coordinate where the points spread most, the halves are matched recursively, and
+    blocks of at most 256 are matched exactly; ``O(N log² N)``, a transport that keeps each
+    half's points with the same half's atoms.
     """
     n = points.shape[0]
-    if n <= EXACT_MATCH_MAX:
+    if n <= (EXACT_MATCH_MAX if exact_max is None else exact_max):
         return linear_sum_assignment(cdist(points, atoms, "sqeuclidean"))[1].astype(np.int64)
     perm = np.empty(n, dtype=np.int64)
     stack = [(np.arange(n), np.arange(n))]
@@ -271,7 +272,9 @@ def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray
     ``perm`` with row ``n`` attached to ``atoms[perm[n]]``.
 
     1-D: rank matching. d-D: each coordinate through its empirical CDF and the prior's inverse
-    CDF, then :func:`match` to the atoms.
+    CDF, then :func:`match` to the atoms by recursive bisection beyond 256 points: the
+    coordinates only carry an arrangement, which the bisection keeps at ``O(N log² N)``, while
+    an exact assignment of these far-from-the-atoms points costs seconds at a few thousand.
     """
     n = points.shape[0]
     if atoms.shape[1] == 1:
@@ -280,7 +283,7 @@ def transport(points: np.ndarray, atoms: np.ndarray, prior: Prior) -> np.ndarray
         return perm
     u = (rankdata(points, axis=0) - 0.5) / n
     mapped = prior.icdf(torch.from_numpy(u)).numpy()
-    return match(mapped, atoms)
+    return match(mapped, atoms, exact_max=_LEAF)
 
 
 #: The data-only attachments proposed for each latent dimension (1, or 2 and above).
