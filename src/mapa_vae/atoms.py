@@ -230,7 +230,7 @@ def spectral_coordinates(weights: sparse.spmatrix, n_components: int,
 
 
 #: The relaxed positions' learning rate as a share of the decoder's (``code_learning_rate``).
-POSITION_RATE = 0.3
+POSITION_RATE = 0.1
 
 #: Up to this many points, matching is exact (linear assignment, ``O(N³)``); beyond, bisection.
 EXACT_MATCH_MAX = 2048

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "leave-one-out)")
     p.add_argument("--code-learning-rate", type=float, default=None, metavar="RATE",
                    help="peak learning rate of MAPA's codes: the atoms' relaxed positions "
-                        "(default 0.3 x the learning rate) or the Gaussian codes (3 x)")
+                        "(default 0.1 x the learning rate) or the Gaussian codes (3 x)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
