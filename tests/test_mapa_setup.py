@@ -40,6 +40,11 @@ def test_prepare_computes_mapa_in_whitened_principal_components(circle):
     assert setup.representation.shape == (300, 1)
     np.testing.assert_allclose(setup.representation.var(axis=0, ddof=1), 1.0, rtol=1e-10)
     np.testing.assert_array_equal(setup.features.transform(X), setup.representation)
+    # σ is in the data's units: in a representation the width comes from the data, as without σ
+    known = prepare(X, truth.prior, 0, features=2, sigma=truth.sigma, **WEIGHTS)
+    unknown = prepare(X, truth.prior, 0, features=2, sigma=None, **WEIGHTS)
+    assert known.mapa.bandwidth_rule_ == unknown.mapa.bandwidth_rule_ == "loo"
+    assert known.mapa.bandwidth_ == unknown.mapa.bandwidth_
     with pytest.raises(ValueError, match="features=3 asks for more principal components"):
         prepare(X, truth.prior, 0, features=3, sigma=None, **WEIGHTS)
     with pytest.raises(ValueError, match="features must be None, a number of principal"):

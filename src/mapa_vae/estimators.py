@@ -331,7 +331,9 @@ class MAPADensity(_LatentDensity):
         (``learning_rate=None``, :mod:`mapa_vae.methods`: 0.01 for MAPA) cosine-annealed to zero
         over ``steps`` (``lr_schedule="constant"`` keeps it), as every method and the bench.
     n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
-        kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given).
+        kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given). With
+        ``features`` and neither given, ``h`` is chosen by leave-one-out, ``σ`` known or not:
+        ``√2 σ`` is a width in the data's units.
     effective_neighbours : float, optional
         Sets ``h`` so that the median training row of MAPA has this many effective neighbours
         (``1 / Σ_n w_n²``, at least 1; :class:`~mapa_vae.MAPAPosterior`): how much each target

@@ -106,15 +106,16 @@ def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, ba
     ``(n_samples, n_features)``.
 
     MAPA's kernel scale is ``h = bandwidth`` if given, else the width giving the median row
-    ``effective_neighbours`` effective neighbours if given, else ``√2 σ`` for a known ``sigma``,
-    else chosen from the data (leave-one-out); ``n_neighbors`` as for
+    ``effective_neighbours`` effective neighbours if given, else ``√2 σ`` for a known ``sigma``
+    when MAPA works on the data themselves (``features=None``; ``σ`` is in the data's units, not
+    a representation's), else chosen from the data (leave-one-out); ``n_neighbors`` as for
     :class:`~mapa_vae.MAPAPosterior`. The atoms are ``n_samples`` stratified draws of ``prior``
     seeded by ``seed``.
     """
     F, transformer = representation(X, features, seed)
-    by_data = bandwidth is None and effective_neighbours is None
+    by_sigma = bandwidth is None and effective_neighbours is None and transformer is None
     mapa = MAPAPosterior(n_neighbors=n_neighbors, bandwidth=bandwidth,
-                         sigma=sigma if by_data else None,
+                         sigma=sigma if by_sigma else None,
                          effective_neighbours=effective_neighbours).fit(F)
     return MAPASetup(transformer, F, mapa, stratified_atoms(prior, X.shape[0],
                                                              random_state=seed))
