@@ -396,7 +396,26 @@ def _rates(config: BenchConfig) -> str:
                      for rate, labels in rates.items())
 
 
-def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -> str:
+def finished_runs(config: BenchConfig, out: str | Path) -> int:
+    """How many of the bench's runs are already finished in ``out``."""
+    names = config.names()
+    return sum(_finished(run_dir(out, rc, names[rc.dataset]), rc) is not None
+               for rc in config.runs())
+
+
+def _wall_time(elapsed: float, total: int, reused: int) -> str:
+    """The bench's wall time, saying which runs it covers when some were finished before."""
+    if not reused:
+        return f"Bench wall time {elapsed:.0f} s."
+    ran = total - reused
+    return (f"Bench wall time {elapsed:.0f} s for the {ran} run{'s' * (ran != 1)} this "
+            f"invocation ran; the other {reused} were finished before and reused.")
+
+
+def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float,
+                     reused: int = 0) -> str:
+    """The summary (Markdown); ``reused``: how many runs were finished before this
+    invocation (its wall time does not cover them)."""
     rows = summarize(results)
     lines = ["# Benchmark summary", "",
              f"{len(results)} runs: datasets {', '.join(config.datasets)}; methods "
@@ -405,8 +424,8 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
              f"({_rates(config)}, {config.training.lr_schedule} schedule); "
              f"σ fixed at the truth; 2 × 64 tanh decoder (and encoder); test KL on "
              f"{config.n_test} fresh samples (log p_θ by quadrature in one and two latent "
-             f"dimensions, above by the one evaluator of mapa_vae.marginal). Bench wall time "
-             f"{elapsed:.0f} s.", "",
+             f"dimensions, above by the one evaluator of mapa_vae.marginal). "
+             f"{_wall_time(elapsed, len(results), reused)}", "",
              "Test KL in nats: median over seeds, its range over seeds [min, max] and the "
              "median of each run's standard error on its test points; a difference between "
              "methods smaller than the range is not a ranking. Passes: network evaluations on "
@@ -455,14 +474,14 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float) -
 
 
 def write_results(config: BenchConfig, results: list[dict], out: str | Path,
-                  elapsed: float) -> str:
+                  elapsed: float, reused: int = 0) -> str:
     """``results.json``, ``results.csv``, ``summary.md`` and the bench figures."""
     from .bench_figures import bench_figures
 
     out = Path(out)
     write_json(out / "results.json", {"config": asdict(config), "runs": results})
     write_csv(out / "results.csv", [{k: r.get(k, "") for k in CSV_COLUMNS} for r in results])
-    text = summary_markdown(config, results, elapsed)
+    text = summary_markdown(config, results, elapsed, reused)
     bench_figures(results, config, out)
     write_text(out / "summary.md", text + "\n")
     return text
@@ -472,8 +491,9 @@ def bench(config: BenchConfig, out: str | Path, progress: bool = True) -> str:
     """Run the bench and write its results; returns the summary (Markdown). Ctrl-C raises
     :class:`BenchInterrupted`."""
     start = time.perf_counter()
+    reused = finished_runs(config, out)
     results = run_bench(config, out, progress)
     try:
-        return write_results(config, results, out, time.perf_counter() - start)
+        return write_results(config, results, out, time.perf_counter() - start, reused)
     except KeyboardInterrupt:
         raise BenchInterrupted(len(results), len(results)) from None
