@@ -10,9 +10,9 @@ permutation ``π`` (index ``n`` carries atom ``a_{π(n)}``). Three moves act on 
    Fiedler order of ``W`` (open curves) and the angle of its first two Laplacian eigenvectors
    (loops), matched by rank to the sorted atoms. ``d_z ≥ 2``: Isomap coordinates of ``Y``
    (unrolls sheets) and a spectral embedding of ``W``, each coordinate through its empirical CDF
-   and the prior's inverse CDF, then :func:`transport`-ed to the atoms. The estimator chooses among
-   the candidates by the bound after short pilot runs (:class:`~mapa_vae.MAPADensity`), or by
-   :func:`roughness` without them.
+   and the prior's inverse CDF, then :func:`transport`-ed to the atoms. The estimator chooses
+   among the candidates by the bound after short pilot runs (:class:`~mapa_vae.MAPADensity`),
+   or by :func:`roughness` without them.
 2. **Relaxed positions.** Each index has a continuous position ``p_n``; the decoder always sees
    the attached atom, and the bound's gradient with respect to that code is passed straight
    through to ``p_n``. Every ``project_every`` steps the positions are projected onto a
