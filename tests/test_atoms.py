@@ -59,6 +59,48 @@ def test_projection_in_one_dimension_follows_the_order_of_positions():
     assert attachment.perm.tolist() == [0, 3, 1, 2, 4]
 
 
+def test_projection_above_one_dimension_exchanges_atoms_among_the_positions_that_moved():
+    """Only positions nearer another atom than their own, and the holders of those atoms, move;
+    a swap is found; the total squared distance never rises; for small drifts the result is the
+    exact assignment's."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    from mapa_vae.atoms import nearest_exchange
+
+    atoms = stratified_atoms(StandardNormal(2), 6, random_state=0)
+    attachment = Attachment(atoms, np.arange(6))
+    assert attachment.project() == 0  # positions on their atoms: nothing changes
+    with torch.no_grad():  # indices 1 and 4 each move onto the other's atom
+        attachment.positions[1] = torch.as_tensor(atoms[4])
+        attachment.positions[4] = torch.as_tensor(atoms[1])
+    assert attachment.project() == 2
+    assert attachment.perm.tolist() == [0, 4, 2, 3, 1, 5]
+
+    rng = np.random.default_rng(0)
+    n = 1500
+    atoms = stratified_atoms(StandardNormal(2), n, random_state=0)
+    perm = rng.permutation(n)
+
+    def cost(positions, p):
+        return ((positions - atoms[p]) ** 2).sum()
+
+    for scale in (0.01, 0.05):  # drifts of a fifth and of one typical atom spacing
+        positions = atoms[perm] + scale * rng.normal(size=(n, 2))
+        out = nearest_exchange(positions, atoms, perm)
+        assert sorted(out.tolist()) == list(range(n))
+        nearest = cdist(positions, atoms, "sqeuclidean").argmin(axis=1)
+        wanted = nearest[nearest != perm]  # atoms a position lies nearer than to its own
+        untouched = (nearest == perm) & ~np.isin(perm, wanted)
+        assert untouched.sum() > n // 4
+        np.testing.assert_array_equal(out[untouched], perm[untouched])
+        assert cost(positions, out) <= cost(positions, perm)
+        exact = linear_sum_assignment(cdist(positions, atoms, "sqeuclidean"))[1]
+        if scale == 0.01:  # a few positions crossed (16 change atom): the exact assignment
+            assert (out != perm).sum() > 0
+            np.testing.assert_array_equal(out, exact)
+
+
 def test_codes_pass_their_gradient_to_the_positions():
     atoms = stratified_atoms(StandardNormal(1), 6)
     attachment = Attachment(atoms, np.arange(6)[::-1].copy())
