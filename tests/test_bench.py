@@ -13,8 +13,8 @@ import time
 import pytest
 
 from mapa_vae import bench as bench_module
-from mapa_vae.bench import (QUICK, BenchConfig, finished_runs, folder_name, run_bench, run_dir,
-                            summarize, summary_markdown, targets)
+from mapa_vae.bench import (QUICK, BenchConfig, finished_results, folder_name, run_bench,
+                            run_dir, summarize, summary_markdown, targets)
 from mapa_vae.cli import main
 from mapa_vae.experiment import RunConfig
 from mapa_vae.methods import BENCH_LABELS as METHODS
@@ -69,7 +69,7 @@ def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
               for rc in config.runs()}
     redo = config.runs()[1]
     (run_dir(tmp_path, redo) / "metrics.json").unlink()  # as if killed during this run
-    assert finished_runs(config, tmp_path) == 3
+    assert sorted(finished_results(config, tmp_path)) == [0, 2, 3]
     second = run_bench(config, tmp_path, progress=False)
     assert "Bench wall time 2 s for the 1 run this invocation ran; the other 3 were finished " \
         "before and reused." in summary_markdown(config, second, 2.0, reused=3)

@@ -230,20 +230,28 @@ def _expected_cost(config: RunConfig) -> float:
 STOP_GRACE_SECONDS = 20.0
 
 
-def run_bench(config: BenchConfig, out: str | Path, progress: bool = True) -> list[dict]:
+def finished_results(config: BenchConfig, out: str | Path) -> dict[int, dict]:
+    """The metrics of the bench's runs already finished in ``out`` (each with its dataset's
+    report name), by the run's position in ``config.runs()``."""
+    names = config.names()
+    results = {}
+    for i, rc in enumerate(config.runs()):
+        done = _finished(run_dir(out, rc, names[rc.dataset]), rc)
+        if done is not None:
+            results[i] = {**done, "dataset": names[rc.dataset]}
+    return results
+
+
+def run_bench(config: BenchConfig, out: str | Path, progress: bool = True,
+              finished: dict[int, dict] | None = None) -> list[dict]:
     """Run every missing run of the bench in worker processes; return all runs' metrics (each
-    with its dataset's report name). Ctrl-C raises :class:`BenchInterrupted`."""
+    with its dataset's report name). ``finished``: :func:`finished_results`, if already read.
+    Ctrl-C raises :class:`BenchInterrupted`."""
     out = Path(out)
     runs = config.runs()
     names = config.names()
-    results: dict[int, dict] = {}
-    pending = []
-    for i, rc in enumerate(runs):
-        done = _finished(run_dir(out, rc, names[rc.dataset]), rc)
-        if done is None:
-            pending.append(i)
-        else:
-            results[i] = {**done, "dataset": names[rc.dataset]}
+    results = dict(finished_results(config, out) if finished is None else finished)
+    pending = [i for i in range(len(runs)) if i not in results]
     pending.sort(key=lambda i: -_expected_cost(runs[i]))
     jobs = config.jobs or os.cpu_count() or 1
     done_steps = sum(runs[i].training.steps for i in results)
@@ -396,13 +404,6 @@ def _rates(config: BenchConfig) -> str:
                      for rate, labels in rates.items())
 
 
-def finished_runs(config: BenchConfig, out: str | Path) -> int:
-    """How many of the bench's runs are already finished in ``out``."""
-    names = config.names()
-    return sum(_finished(run_dir(out, rc, names[rc.dataset]), rc) is not None
-               for rc in config.runs())
-
-
 def _wall_time(elapsed: float, total: int, reused: int) -> str:
     """The bench's wall time, saying which runs it covers when some were finished before."""
     if not reused:
@@ -491,9 +492,9 @@ def bench(config: BenchConfig, out: str | Path, progress: bool = True) -> str:
     """Run the bench and write its results; returns the summary (Markdown). Ctrl-C raises
     :class:`BenchInterrupted`."""
     start = time.perf_counter()
-    reused = finished_runs(config, out)
-    results = run_bench(config, out, progress)
+    finished = finished_results(config, out)
+    results = run_bench(config, out, progress, finished)
     try:
-        return write_results(config, results, out, time.perf_counter() - start, reused)
+        return write_results(config, results, out, time.perf_counter() - start, len(finished))
     except KeyboardInterrupt:
         raise BenchInterrupted(len(results), len(results)) from None
