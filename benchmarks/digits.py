@@ -2,7 +2,7 @@
 variants) against the VAE and IWAE (S = 10) on the same decoder, optimiser, batch and steps.
 
     python3 benchmarks/digits.py [--latent-dims 2 8] [--steps 5000] [--seeds 3]
-                                 [--features 16] [--methods mapa mapa-identity vae iwae]
+                                 [--features auto] [--methods mapa mapa-identity vae iwae]
                                  [--learning-rate METHOD=RATE ...]
                                  [--extra METHOD:NAME=VALUE ...] [--effective-neighbours K]
                                  [--select-width K ...]
@@ -13,15 +13,18 @@ download), dequantised to ``x = (v + u) / 17`` with ``u ~ U[0, 1)`` so that a de
 ``[0, 1)^64`` is meaningful; a fixed split of 1500 training and 297 test images.
 
 Models: decoder ``d_z → 128 → 128 → 64`` (tanh), standard-normal prior, Gaussian likelihood with
-``σ`` learned by every method; encoders of the same size for the baselines. MAPA is computed in
-a data-only representation, the training images' first ``--features`` principal components,
-whitened (the decoder still models all 64 pixels), with the bandwidth chosen by leave-one-out
-unless ``--extra mapa:bandwidth=H`` sets it, ``--effective-neighbours K`` chooses it from the
-training images alone (MAPA's ``effective_neighbours``: the median row has ``K`` effective
-neighbours) or ``--select-width K ...`` chooses ``K`` among candidates by the log-likelihood of
-10% of the training images held out (:func:`select_width`). Methods: ``mapa`` (a permutation of fixed atoms up
-to ``d_z = 2``, learned Gaussian codes above), ``mapa-gaussian`` and ``mapa-atoms`` (either
-codes at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``vae``, ``iwae`` (S = 10).
+``σ`` learned by every method; encoders of the same size for the baselines. MAPA is computed in a
+data-only representation, the training images' first ``K`` principal components, whitened (the
+decoder still models all 64 pixels): ``--features K``, or by default (``auto``) 16 up to
+``d_z = 2`` and ``d_z`` above (the library's default, ``MAPADensity(features="auto")``), with the
+bandwidth chosen by leave-one-out unless ``--extra mapa:bandwidth=H`` sets it,
+``--effective-neighbours K`` chooses it from the training images alone (MAPA's
+``effective_neighbours``: the median row has ``K`` effective neighbours) or
+``--select-width K ...`` chooses ``K`` among candidates by the log-likelihood of 10% of the
+training images held out (:func:`select_width`). Methods: ``mapa`` (a permutation of fixed atoms up
+to ``d_z = 2``, learned Gaussian codes above), ``mapa-gaussian`` and ``mapa-atoms`` (either codes
+at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``vae``, ``iwae``
+(S = 10).
 
 Held-out log-likelihood, nats per image: for ``d_z ≤ 2`` by quadrature (256² nodes, exact up to
 the grid); above, by one evaluator, the same for every method: by default (``--evaluator one``)
@@ -60,18 +63,27 @@ HIDDEN = (128, 128)
 
 
 def protocol_params(method: str, latent_dim: int, seed: int, steps: int, learning_rate: float,
-                    features: int = 16) -> dict:
+                    features: int | str = "auto") -> dict:
     """The benchmark's estimator settings for ``method``: decoder, batch, cosine schedule,
-    logging, seed, and for MAPA methods its representation (``features`` whitened principal
-    components); IWAE keeps its default ``S = 10``."""
+    logging, seed, and for MAPA methods its representation (:func:`mapa_features`); IWAE
+    keeps its default ``S = 10``."""
     from mapa_vae.methods import family
 
     params = dict(latent_dim=latent_dim, hidden=HIDDEN, steps=steps, batch_size=100,
                   learning_rate=learning_rate, lr_schedule="cosine", log_every=500,
                   random_state=seed)
     if family(method) == "mapa":
-        params.update(features=features)
+        params.update(features=mapa_features(features, latent_dim))
     return params
+
+
+def mapa_features(features: int | str, latent_dim: int) -> int | str:
+    """MAPA's representation: ``K`` whitened principal components for an int ``K``; for
+    ``"auto"``, 16 up to ``d_z = 2`` (the protocol's choice there) and above it the library's
+    default, the first ``d_z`` whitened components (``MAPADensity(features="auto")``)."""
+    if features != "auto":
+        return int(features)
+    return 16 if latent_dim <= 2 else "auto"
 
 
 def digits(seed: int):
@@ -163,7 +175,7 @@ def select_width(estimator, X: np.ndarray, candidates: list[float], seed: int,
     return width_search(estimator, X, candidates, seed, held_out, scoring=held_out_score)
 
 
-def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int,
+def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int | str,
             learning_rate: float, extra: dict | None = None, evaluator: str = "one",
             neighbours: float = 0, width_candidates: list[float] | None = None) -> dict:
     import torch
@@ -234,6 +246,20 @@ def label(method: str) -> str:
     return "iwae-10" if method == "iwae" else method
 
 
+def features_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--features must be auto or a positive integer, "
+                                         f"got {text}")
+    return value
+
+
+def features_text(features: int | str) -> str:
+    return "16 (d_z ≤ 2) or d_z (above)" if features == "auto" else str(features)
+
+
 def rates_text(args) -> str:
     return ", ".join(f"{label(m)} {args.rates[m]}" for m in args.methods)
 
@@ -241,9 +267,9 @@ def rates_text(args) -> str:
 def summary(rows: list[dict], args) -> str:
     lines = ["# Digits: held-out log-likelihood", "",
              f"{args.steps} steps, batch 100, Adam with a cosine schedule (peak learning rate "
-             f"{rates_text(args)}), σ learned; MAPA on {args.features} whitened principal "
-             f"components; {args.seeds} seed(s); 297 test images; nats per image (higher is "
-             f"better), median over seeds [range].", "",
+             f"{rates_text(args)}), σ learned; MAPA on {features_text(args.features)} whitened "
+             f"principal components; {args.seeds} seed(s); 297 test images; nats per image "
+             f"(higher is better), median over seeds [range].", "",
              "| latent dim | method | test log-likelihood | evaluation | σ | passes / step | "
              "total passes | seconds |", "|---|---|---|---|---|---|---|---|"]
     labels = [label(m) for m in args.methods]
@@ -329,7 +355,9 @@ def main() -> None:
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--features", type=int, default=16)
+    parser.add_argument("--features", type=features_arg, default="auto",
+                        help="MAPA's whitened principal components: K, or auto (16 up to "
+                             "d_z = 2, d_z above)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--evaluator", choices=["one", "fitted-gaussian"], default="one",

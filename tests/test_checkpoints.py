@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA
 
 from mapa_vae import checkpoints, datasets
 from mapa_vae.estimators import MAPADensity, VAEDensity
@@ -23,7 +24,9 @@ def test_settings_for_the_file_are_json():
     est = MAPADensity(decoder=decoder, prior=Uniform(1), init=np.zeros((3, 1)),
                       random_state=np.random.default_rng(0), hidden=(8, 8))
     params = checkpoints.params_for_file(est)
-    assert params["decoder"] == "custom" and params["features"] is None
+    assert params["decoder"] == "custom" and params["features"] == "auto"
+    assert checkpoints.params_for_file(est.set_params(features=None))["features"] is None
+    assert checkpoints.params_for_file(est.set_params(features=PCA(2)))["features"] == "custom"
     assert params["prior"] == "uniform" and params["hidden"] == [8, 8]
     assert params["init"] == checkpoints.ARRAY_IN_STATE and params["random_state"] is None
     assert json.loads(json.dumps(params)) == params

@@ -231,6 +231,9 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(weights="knn", steps=2), "weights must be 'mapa' or 'identity'"),
     (lambda: MAPADensity(code_scale=0.0, steps=2), "code_scale must be a positive number"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
+    (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
+    (lambda: MAPADensity(effective_neighbours="many", steps=2),
+     "effective_neighbours must be 'auto', None or a number"),
 ])
 def test_bad_settings_give_clear_errors(make, message):
     X = np.random.default_rng(0).normal(size=(40, 2))
@@ -281,6 +284,44 @@ def test_codes_follow_the_latent_dimension_unless_given():
                       MAPABound)
     assert isinstance(make_estimator("mapa-gaussian", **fit).fit(X).objective_,
                       GaussianCodesBound)
+
+
+def test_features_follow_the_latent_dimension_unless_given():
+    """``features="auto"``: above two latent dimensions MAPA works on the first ``latent_dim``
+    whitened principal components, where the data have more dimensions; else on the data."""
+    X = np.random.default_rng(0).normal(size=(60, 5)) * np.arange(1, 6)
+    fit = {"steps": 2, "batch_size": 20, "random_state": 0}
+    est = MAPADensity(latent_dim=3, **fit).fit(X)
+    assert est.features_.n_components == 3 and est.features_.whiten
+    assert est.mapa_.n_features_in_ == 3
+    np.testing.assert_allclose(np.cov(est.features_.transform(X), rowvar=False), np.eye(3),
+                               atol=1e-12)
+    assert MAPADensity(latent_dim=2, **fit).fit(X).features_ is None
+    assert MAPADensity(latent_dim=5, **fit).fit(X).features_ is None  # as many as the data
+    assert MAPADensity(latent_dim=3, features=None, **fit).fit(X).features_ is None
+    assert MAPADensity(latent_dim=3, features=4, **fit).fit(X).features_.n_components == 4
+
+
+def test_auto_smoothing_caps_the_leave_one_out_width_above_two_latent_dimensions():
+    """``effective_neighbours="auto"``: above two latent dimensions a leave-one-out width that
+    smooths the median training row over more than ``MAX_NEIGHBOURS_ABOVE_2D`` effective
+    neighbours is lowered to give that many; up to two, and with ``None``, it is kept."""
+    from mapa_vae.mapa import effective_neighbour_counts
+    from mapa_vae.mapa_setup import MAX_NEIGHBOURS_ABOVE_2D
+
+    X = np.random.default_rng(1).normal(size=(200, 6))  # dense in 3 components: wide LOO width
+    fit = {"steps": 2, "batch_size": 50, "random_state": 0}
+    capped = MAPADensity(latent_dim=3, **fit).fit(X).mapa_
+    assert capped.bandwidth_rule_ == "loo_capped"
+    F = capped.X_fit_
+    counts = effective_neighbour_counts(((F[:, None] - F[None]) ** 2).sum(-1),
+                                        capped.bandwidth_)
+    assert np.median(counts) == pytest.approx(MAX_NEIGHBOURS_ABOVE_2D, rel=1e-4)
+    uncapped = MAPADensity(latent_dim=3, effective_neighbours=None, **fit).fit(X).mapa_
+    assert uncapped.bandwidth_rule_ == "loo" and uncapped.bandwidth_ > capped.bandwidth_
+    assert MAPADensity(latent_dim=2, **fit).fit(X).mapa_.bandwidth_rule_ == "loo"
+    assert MAPADensity(latent_dim=3, sigma=0.5, features=None, **fit).fit(X).mapa_ \
+        .bandwidth_rule_ == "sigma"
 
 
 def test_bad_data_gives_clear_errors():

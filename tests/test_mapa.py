@@ -184,6 +184,30 @@ def test_effective_neighbours_sets_the_median_rows_smoothing(n_neighbors, target
     assert wider.bandwidth_ > mapa.bandwidth_
 
 
+@pytest.mark.parametrize("n_neighbors", [None, 128])
+def test_a_ceiling_lowers_the_leave_one_out_width_only_where_it_smooths_more(n_neighbors):
+    """``max_effective_neighbours=K``: above the leave-one-out width's median count the width
+    is left exactly as it is; below it, the width gives ``K`` (the bisection's bracket of
+    relative width 1e-6 around h has the median count on either side of ``K``) and is
+    narrower than leave-one-out's."""
+    X = _data(13, n=200)
+    loo = MAPAPosterior(n_neighbors=n_neighbors).fit(X)
+    sqdist = ((X[:, None, :] - X[loo.neighbors_]) ** 2).sum(-1)
+
+    def median_count(h):
+        return np.median(mapa_module.effective_neighbour_counts(sqdist, h))
+
+    count = median_count(loo.bandwidth_)
+    assert count > 2  # the premise: leave-one-out smooths these data over many neighbours
+    loose = MAPAPosterior(n_neighbors=n_neighbors, max_effective_neighbours=count + 1).fit(X)
+    assert loose.bandwidth_ == loo.bandwidth_ and loose.bandwidth_rule_ == "loo"
+    capped = MAPAPosterior(n_neighbors=n_neighbors, max_effective_neighbours=1.5).fit(X)
+    np.testing.assert_array_equal(capped.neighbors_, loo.neighbors_)
+    h = capped.bandwidth_
+    assert capped.bandwidth_rule_ == "loo_capped" and h < loo.bandwidth_
+    assert median_count(h * math.exp(-2e-6)) <= 1.5 <= median_count(h * math.exp(2e-6))
+
+
 def test_effective_neighbours_width_is_scale_equivariant():
     """The rule depends on the data's scale only through h: scaling X by 7.5 scales h by 7.5
     (the bisection's bracket scales with the data; it stops at a relative width of 1e-6) and
@@ -226,6 +250,10 @@ def test_weights_are_all_self_for_a_tiny_kernel_and_uniform_for_a_huge_one():
      "effective_neighbours must be a number from 1"),
     (np.random.default_rng(0).normal(size=(10, 2)), {"effective_neighbours": 2, "sigma": 0.1},
      "at most one of bandwidth, sigma and effective_neighbours"),
+    (np.random.default_rng(0).normal(size=(10, 2)), {"max_effective_neighbours": 0.9},
+     "max_effective_neighbours must be a number from 1"),
+    (np.random.default_rng(0).normal(size=(10, 2)), {"max_effective_neighbours": 2, "sigma": 0.1},
+     "max_effective_neighbours caps the leave-one-out width; give it without sigma"),
 ])
 def test_bad_input_raises_a_clear_error(X, kwargs, message):
     with pytest.raises(ValueError, match=message):

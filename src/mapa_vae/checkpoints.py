@@ -35,12 +35,13 @@ _ATTACHMENT_RECORD = {"name": "attachment_", "pilot_bounds": "pilot_bounds_",
 
 
 def params_for_file(estimator) -> dict:
-    """The estimator's settings as JSON-able values: custom modules become ``"custom"``, a
-    prior object its name, ``init`` coordinates :data:`ARRAY_IN_STATE`, a random state other
-    than an int ``None`` (the seed is kept apart)."""
+    """The estimator's settings as JSON-able values: custom modules (and a custom ``features``
+    transformer) become ``"custom"``, a prior object its name, ``init`` coordinates
+    :data:`ARRAY_IN_STATE`, a random state other than an int ``None`` (the seed is kept
+    apart)."""
     params = estimator.get_params(deep=False)
     for name in _MODULE_PARAMS:
-        if name in params and not isinstance(params[name], (int, type(None))):
+        if name in params and not isinstance(params[name], (int, str, type(None))):
             params[name] = "custom"
     params["hidden"] = list(params["hidden"])
     if isinstance(params["prior"], Prior):

@@ -37,6 +37,8 @@ MAPA (the point itself included) has ``K`` effective neighbours, ``1 / Σ_n MAPA
 (``1`` as ``h → 0``, ``N`` as ``h → ∞``; increasing in ``h``), by bisection on ``log h``. A
 scale-free statement of how much each decoder target is smoothed, for choosing that amount on
 held-out data (``MAPADensity(effective_neighbours=K)`` in scikit-learn's ``GridSearchCV``).
+``max_effective_neighbours=K`` keeps the leave-one-out width where the median row has at most
+``K`` effective neighbours and lowers it to the width giving ``K`` where it has more.
 """
 from __future__ import annotations
 
@@ -175,6 +177,11 @@ class MAPAPosterior:
         Sets ``h`` so that the median training row has this many effective neighbours
         ``1 / Σ_n w_n²`` (at least 1; 1 is the limit ``h → 0``, ``W = I``). With none of the
         three, ``h`` is chosen by leave-one-out.
+    max_effective_neighbours : float, optional
+        A ceiling on the leave-one-out width's smoothing: where the median training row would
+        have more effective neighbours than this, ``h`` is lowered to the width giving exactly
+        this many (``bandwidth_rule_ == "loo_capped"``). Only with the leave-one-out width
+        (none of the three above).
     algorithm : {"auto", "kd_tree", "brute", "hnsw"}, default="auto"
         Neighbour search for the sparse form (:mod:`mapa_vae.neighbours`): ``"auto"`` is exact
         (k-d tree up to 16 dimensions, brute force above); ``"hnsw"`` is approximate (FAISS).
@@ -187,7 +194,7 @@ class MAPAPosterior:
         Row-stochastic: row ``i`` is ``MAPA(· | x_i)``.
     bandwidth_ : float
         The kernel scale used.
-    bandwidth_rule_ : {"bandwidth", "sigma", "loo", "effective_neighbours"}
+    bandwidth_rule_ : {"bandwidth", "sigma", "loo", "loo_capped", "effective_neighbours"}
         Where ``bandwidth_`` came from.
     neighbors_ : ndarray of shape (n_samples, k)
         Column indices kept per row, nearest first (int32 below 2³¹ samples).
@@ -217,18 +224,21 @@ class MAPAPosterior:
 
     def __init__(self, n_neighbors: int | str | None = "auto", bandwidth: float | None = None,
                  sigma: float | None = None, algorithm: str = "auto", n_jobs: int = -1,
-                 effective_neighbours: float | None = None):
+                 effective_neighbours: float | None = None,
+                 max_effective_neighbours: float | None = None):
         self.n_neighbors = n_neighbors
         self.bandwidth = bandwidth
         self.sigma = sigma
         self.algorithm = algorithm
         self.n_jobs = n_jobs
         self.effective_neighbours = effective_neighbours
+        self.max_effective_neighbours = max_effective_neighbours
 
     def __repr__(self) -> str:
         return (f"MAPAPosterior(n_neighbors={self.n_neighbors}, bandwidth={self.bandwidth}, "
                 f"sigma={self.sigma}, algorithm={self.algorithm!r}, "
-                f"effective_neighbours={self.effective_neighbours})")
+                f"effective_neighbours={self.effective_neighbours}, "
+                f"max_effective_neighbours={self.max_effective_neighbours})")
 
     # ---------------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -335,11 +345,15 @@ class MAPAPosterior:
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        target = self.effective_neighbours
-        if target is not None and (isinstance(target, bool) or not np.isfinite(target)
-                                   or not 1 <= target < n):
-            raise ValueError(f"effective_neighbours must be a number from 1 to below the number "
-                             f"of samples ({n}), got {target!r}")
+        for name in ("effective_neighbours", "max_effective_neighbours"):
+            target = getattr(self, name)
+            if target is not None and (isinstance(target, bool) or not np.isfinite(target)
+                                       or not 1 <= target < n):
+                raise ValueError(f"{name} must be a number from 1 to below the number of "
+                                 f"samples ({n}), got {target!r}")
+        if self.max_effective_neighbours is not None and given:
+            raise ValueError(f"max_effective_neighbours caps the leave-one-out width; give it "
+                             f"without {given[0]}")
         return k
 
     def _measure_truncation(self, k: int) -> int:
@@ -399,7 +413,10 @@ class MAPAPosterior:
         objective = _NegativeLoo(others, self.X_fit_.shape[1], threads)
         result = minimize_scalar(objective, bounds=(math.log(lo), math.log(hi)), method="bounded",
                                  options={"xatol": 1e-4})
-        return float(math.exp(result.x)), "loo"
+        h, cap = float(math.exp(result.x)), self.max_effective_neighbours
+        if cap is not None and np.median(effective_neighbour_counts(sqdist, h)) > cap:
+            return _bandwidth_for_neighbours(sqdist, float(cap), lo, h), "loo_capped"
+        return h, "loo"
 
     def _weights(self, sqdist: np.ndarray, idx: np.ndarray):
         """CSR weights from each row's kept squared distances, and the truncation bound.

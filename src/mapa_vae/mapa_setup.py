@@ -80,6 +80,12 @@ class AttachmentReport:
     pilot_bounds: dict = field(default_factory=dict)
 
 
+#: Above two latent dimensions (``MAPADensity(effective_neighbours="auto")``), the leave-one-out
+#: width is lowered where MAPA's median training row would have more effective neighbours than
+#: this: the Gaussian codes' targets are smoothed a little, never a lot.
+MAX_NEIGHBOURS_ABOVE_2D = 1.25
+
+
 def representation(X: np.ndarray, features, seed: int):
     """The data as MAPA sees them and the fitted transformer: ``(X, None)`` for
     ``features=None``; an int ``K`` is PCA to ``K`` whitened components (seeded by ``seed``);
@@ -101,22 +107,27 @@ def representation(X: np.ndarray, features, seed: int):
 
 
 def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, bandwidth,
-            sigma, effective_neighbours=None) -> MAPASetup:
+            sigma, effective_neighbours=None, max_effective_neighbours=None) -> MAPASetup:
     """MAPA's representation, weights and atoms for training data ``X`` of shape
     ``(n_samples, n_features)``.
 
     MAPA's kernel scale is ``h = bandwidth`` if given, else the width giving the median row
     ``effective_neighbours`` effective neighbours if given, else ``√2 σ`` for a known ``sigma``
     when MAPA works on the data themselves (``features=None``; ``σ`` is in the data's units, not
-    a representation's), else chosen from the data (leave-one-out); ``n_neighbors`` as for
+    a representation's), else chosen from the data (leave-one-out, lowered where the median row
+    would have more than ``max_effective_neighbours`` effective neighbours); ``n_neighbors`` as for
     :class:`~mapa_vae.MAPAPosterior`. The atoms are ``n_samples`` stratified draws of ``prior``
     seeded by ``seed``.
     """
     F, transformer = representation(X, features, seed)
-    by_sigma = bandwidth is None and effective_neighbours is None and transformer is None
+    by_sigma = (bandwidth is None and effective_neighbours is None and transformer is None
+                and sigma is not None)
+    by_loo = bandwidth is None and effective_neighbours is None and not by_sigma
     mapa = MAPAPosterior(n_neighbors=n_neighbors, bandwidth=bandwidth,
                          sigma=sigma if by_sigma else None,
-                         effective_neighbours=effective_neighbours).fit(F)
+                         effective_neighbours=effective_neighbours,
+                         max_effective_neighbours=max_effective_neighbours if by_loo else None
+                         ).fit(F)
     return MAPASetup(transformer, F, mapa, stratified_atoms(prior, X.shape[0],
                                                              random_state=seed))
 
