@@ -192,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(auto: each candidate trains briefly, the highest bound continues)")
     p.add_argument("--effective-neighbours", type=float, default=None, metavar="K",
                    help="MAPA's kernel width as smoothing: the median training row has K "
-                        "effective neighbours (default: sqrt(2) sigma for a known sigma, else "
-                        "leave-one-out)")
+                        "effective neighbours (default: sqrt(2) sigma for a known sigma on the "
+                        "data themselves, else leave-one-out, capped at 1.25 effective "
+                        "neighbours above two latent dimensions)")
     p.add_argument("--code-learning-rate", type=float, default=None, metavar="RATE",
                    help="peak learning rate of MAPA's codes: the atoms' relaxed positions "
                         "(default 0.1 x the learning rate) or the Gaussian codes (3 x)")
