@@ -5,12 +5,13 @@ variants) against the VAE and IWAE (S = 10) on the same decoder, optimiser, batc
                                  [--features auto] [--methods mapa mapa-identity vae iwae]
                                  [--learning-rate METHOD=RATE ...]
                                  [--extra METHOD:NAME=VALUE ...] [--effective-neighbours K]
-                                 [--select-width K ...]
+                                 [--select-width K ...] [--split 0]
                                  [--out bench-results/digits]
 
 Data: the 1797 images of ``sklearn.datasets.load_digits`` (shipped with scikit-learn, no
 download), dequantised to ``x = (v + u) / 17`` with ``u ~ U[0, 1)`` so that a density on
-``[0, 1)^64`` is meaningful; a fixed split of 1500 training and 297 test images.
+``[0, 1)^64`` is meaningful; a fixed split of 1500 training and 297 test images (``--split S``
+draws another fixed split, to check settings chosen on the first on other images).
 
 Models: decoder ``d_z → 128 → 128 → 64`` (tanh), standard-normal prior, Gaussian likelihood with
 ``σ`` learned by every method; encoders of the same size for the baselines. MAPA is computed in a
@@ -86,13 +87,14 @@ def mapa_features(features: int | str, latent_dim: int) -> int | str:
     return 16 if latent_dim <= 2 else "auto"
 
 
-def digits(seed: int):
-    """``(X_train, X_test)``: dequantised with noise from ``seed``; the split is fixed."""
+def digits(seed: int, split: int = 0):
+    """``(X_train, X_test)``: dequantised with noise from ``seed``; the split is fixed by
+    ``split`` (0 is the benchmark's; another draws another 1500 / 297 split)."""
     from sklearn.datasets import load_digits
 
     values = load_digits().data
     X = (values + np.random.default_rng(seed).random(values.shape)) / 17.0
-    order = np.random.default_rng(0).permutation(len(X))
+    order = np.random.default_rng(split).permutation(len(X))
     return X[order[:1500]], X[order[1500:]]
 
 
@@ -177,13 +179,14 @@ def select_width(estimator, X: np.ndarray, candidates: list[float], seed: int,
 
 def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int | str,
             learning_rate: float, extra: dict | None = None, evaluator: str = "one",
-            neighbours: float = 0, width_candidates: list[float] | None = None) -> dict:
+            neighbours: float = 0, width_candidates: list[float] | None = None,
+            split: int = 0) -> dict:
     import torch
 
     from mapa_vae.methods import family, make_estimator
 
     torch.set_num_threads(1)
-    X, X_test = digits(seed)
+    X, X_test = digits(seed, split)
     params = protocol_params(method, latent_dim, seed, steps, learning_rate, features)
     params.update(extra or {})
     if family(method) == "mapa" and neighbours:
@@ -268,7 +271,8 @@ def summary(rows: list[dict], args) -> str:
     lines = ["# Digits: held-out log-likelihood", "",
              f"{args.steps} steps, batch 100, Adam with a cosine schedule (peak learning rate "
              f"{rates_text(args)}), σ learned; MAPA on {features_text(args.features)} whitened "
-             f"principal components; {args.seeds} seed(s); 297 test images; nats per image "
+             f"principal components; {args.seeds} seed(s); 297 test images (split "
+             f"{args.split}); nats per image "
              f"(higher is better), median over seeds [range].", "",
              "| latent dim | method | test log-likelihood | evaluation | σ | passes / step | "
              "total passes | seconds |", "|---|---|---|---|---|---|---|---|"]
@@ -359,6 +363,10 @@ def main() -> None:
                         help="MAPA's whitened principal components: K, or auto (16 up to "
                              "d_z = 2, d_z above)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--split", type=int, default=0,
+                        help="which fixed train/test split (0: the benchmark's); another one "
+                             "checks settings chosen on split 0 on images they were not "
+                             "chosen on")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--evaluator", choices=["one", "fitted-gaussian"], default="one",
                         help="the evaluator above d_z = 2, the same for every method: "
@@ -398,7 +406,7 @@ def main() -> None:
         extras[method][name] = json.loads(value) if value[0] in "0123456789-[{tfn" else value
     args.extras = extras
     jobs = [(m, d, s, args.steps, args.features, args.rates[m], extras[m], args.evaluator,
-             args.effective_neighbours, args.select_width)
+             args.effective_neighbours, args.select_width, args.split)
             for d in args.latent_dims for m in args.methods for s in range(args.seeds)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         rows = list(pool.map(one_run, *zip(*jobs)))
@@ -408,7 +416,7 @@ def main() -> None:
     for d in args.latent_dims:
         panels = {r["method"]: np.array(r["samples"]) for r in rows
                   if r["latent_dim"] == d and r["seed"] == 0}
-        panels["training images"] = digits(0)[0][:64]
+        panels["training images"] = digits(0, args.split)[0][:64]
         save_figure(image_grid(panels, (8, 8), f"digits, latent dimension {d}: samples"),
                     out / f"samples_d{d}.png")
     text = summary(rows, args)
