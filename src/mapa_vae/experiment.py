@@ -172,6 +172,26 @@ def true_log_prob(truth, X_test: np.ndarray, cache: str | Path | None = None) ->
     return values
 
 
+def fit_monitor(config: RunConfig, truth, X_test: np.ndarray, log_p_true: np.ndarray, on_log):
+    """The fit's callback at each log step: ``on_log(step)``, and every ``eval_every`` steps (up
+    to two latent dimensions; above, the evaluator is too slow) the test KL on the first
+    ``n_eval`` test points; ``None`` when neither is asked for."""
+    curves = config.eval_every and truth.latent_dim <= 2
+    if not curves and on_log is None:
+        return None
+    nodes = MONITOR_NODES.get(truth.latent_dim)
+    X_eval, log_p_eval = X_test[:config.n_eval], log_p_true[:config.n_eval]
+
+    def monitor(step: int, model) -> dict:
+        if on_log is not None:
+            on_log(step)
+        if not curves or step % config.eval_every:
+            return {}
+        return {"test_kl": float(np.mean(log_p_eval - model.log_prob(X_eval, nodes)))}
+
+    return monitor
+
+
 def run(config: RunConfig, out: str | Path | None = None, progress: bool = False,
         truth_cache: str | Path | None = None, name: str | None = None,
         on_log=None) -> dict:
@@ -188,19 +208,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
     log_p_true = true_log_prob(truth, X_test, truth_cache)
     estimator = build_estimator(config, truth, Z).set_params(verbose=progress)
 
-    monitor = None
-    curves = config.eval_every and truth.latent_dim <= 2  # above, the evaluator is too slow
-    if curves or on_log is not None:
-        nodes = MONITOR_NODES.get(truth.latent_dim)
-        X_eval, log_p_eval = X_test[:config.n_eval], log_p_true[:config.n_eval]
-
-        def monitor(step: int, model) -> dict:
-            if on_log is not None:
-                on_log(step)
-            if not curves or step % config.eval_every:
-                return {}
-            return {"test_kl": float(np.mean(log_p_eval - model.log_prob(X_eval, nodes)))}
-
+    monitor = fit_monitor(config, truth, X_test, log_p_true, on_log)
     start = time.perf_counter()
     estimator.fit(X, monitor=monitor)
     wall = time.perf_counter() - start
