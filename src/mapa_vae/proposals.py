@@ -22,6 +22,10 @@ from scipy.spatial import KDTree
 from .evaluation import defensive_mixture, prior_proposal
 from .priors import Prior, Uniform
 
+#: The most ``(draw, row, component, dimension)`` entries a mixture density holds at once
+#: (128 MiB of float64); beyond, it is computed over blocks of draws.
+_MIXTURE_BLOCK_ENTRIES = 1 << 24
+
 
 def encoder_proposal(encoder, prior: Prior, device="cpu", dtype=torch.float32,
                      defensive: float = 0.1):
@@ -85,6 +89,14 @@ def atom_proposal(weights, codes, prior: Prior, components: int = 64, defensive:
     return draw
 
 
+def _log_normal_mixture(u, log_w, mu, sd) -> torch.Tensor:
+    """``log Σ_j w_j N(u; μ_j, diag sd_j²)`` for ``u`` of shape ``(k, n, d)`` against each row's
+    components ``(n, m, d)``; returns ``(k, n)``."""
+    eps = (u[:, :, None, :] - mu[None]) / sd[None]  # (k, n, m, d)
+    log_n = (-0.5 * eps**2 - torch.log(sd[None]) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return torch.logsumexp(log_w[None] + log_n, dim=-1)
+
+
 def gaussian_codes_proposal(weights, loc: np.ndarray, scale: np.ndarray, prior: Prior,
                             components: int = 64, defensive: float = 0.1):
     """MAPA's mixture over learned Gaussian codes: ``q(z | x) = 0.9 Σ_j w̃_j N(μ_j, s_j² + r²)
@@ -117,9 +129,10 @@ def gaussian_codes_proposal(weights, loc: np.ndarray, scale: np.ndarray, prior: 
                 u, log_jac = torch.log(z) - torch.log1p(-z), -torch.log(z * (1 - z)).sum(-1)
             else:
                 u, log_jac = z, 0.0
-            eps = (u[:, :, None, :] - mu[None]) / sd[None]  # (k, n, m, d)
-            log_n = (-0.5 * eps**2 - torch.log(sd[None]) - 0.5 * math.log(2 * math.pi)).sum(-1)
-            return torch.logsumexp(torch.log(w)[None] + log_n, dim=-1) + log_jac
+            n, m, d = mu.shape
+            block = max(1, _MIXTURE_BLOCK_ENTRIES // (n * m * d))
+            return torch.cat([_log_normal_mixture(u[first:first + block], torch.log(w), mu, sd)
+                              for first in range(0, u.shape[0], block)]) + log_jac
 
         return defensive_mixture(z, z_prior, from_prior, log_mix, prior, defensive)
 
