@@ -1,5 +1,6 @@
 """Each method's own importance proposal: its density is the stated defensive mixture."""
 import numpy as np
+import pytest
 import torch
 from scipy import sparse
 from scipy.stats import norm
@@ -54,19 +55,22 @@ def test_gaussian_codes_proposal_is_logit_normal_widened_by_the_code_spacing():
                                    rtol=1e-10, atol=1e-10)
 
 
-def test_gaussian_codes_density_is_the_same_computed_over_blocks_of_draws(monkeypatch):
-    """The mixture density is computed over blocks of draws where the draws × rows ×
+@pytest.mark.parametrize("make", [
+    lambda: atom_proposal(weights, np.random.default_rng(0).normal(size=(5, 4)),
+                          StandardNormal(4), components=3),
+    lambda: gaussian_codes_proposal(weights, np.random.default_rng(0).normal(size=(5, 4)),
+                                    np.full((5, 4), 0.3), StandardNormal(4), components=3),
+], ids=["atoms", "gaussian-codes"])
+def test_mixture_density_is_the_same_computed_over_blocks_of_draws(make, monkeypatch):
+    """MAPA's mixture densities are computed over blocks of draws where the draws × rows ×
     components × dimensions would be large: the same draws and the same densities whatever the
     block (each entry is the same arithmetic on the same numbers; a few units in the last place
     allowed, should a reduction's vector grouping depend on the array's extent)."""
     from mapa_vae import proposals
 
-    loc = np.random.default_rng(0).normal(size=(5, 4))
-    scale = np.full((5, 4), 0.3)
-
     def run():
-        draw = gaussian_codes_proposal(weights, loc, scale, StandardNormal(4), components=3)
-        return draw(torch.zeros(2, 3, dtype=torch.float64), 50, torch.Generator().manual_seed(0))
+        return make()(torch.zeros(2, 3, dtype=torch.float64), 50,
+                      torch.Generator().manual_seed(0))
 
     z_whole, log_q_whole = run()
     monkeypatch.setattr(proposals, "_MIXTURE_BLOCK_ENTRIES", 2 * 3 * 4 * 7)  # 7 draws a block

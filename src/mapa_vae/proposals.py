@@ -47,6 +47,15 @@ def encoder_proposal(encoder, prior: Prior, device="cpu", dtype=torch.float32,
     return draw
 
 
+def _over_blocks_of_draws(log_density, z: torch.Tensor, components: int) -> torch.Tensor:
+    """``log_density(z)`` for draws ``z`` of shape ``(k, n, d)`` against ``components`` per row,
+    computed over blocks of draws so that at most :data:`_MIXTURE_BLOCK_ENTRIES`
+    ``(draw, row, component, dimension)`` entries are held at once; returns ``(k, n)``."""
+    k, n, d = z.shape
+    block = max(1, _MIXTURE_BLOCK_ENTRIES // (n * components * d))
+    return torch.cat([log_density(z[first:first + block]) for first in range(0, k, block)])
+
+
 def _largest_weights(weights, x, components: int):
     """The ``components`` largest weights ``weights(x)`` of each row (renormalised, a float64
     tensor ``(n, m)``) and their column indices ``(n, m)``."""
@@ -80,21 +89,16 @@ def atom_proposal(weights, codes, prior: Prior, components: int = 64, defensive:
         from_prior = torch.rand(pick.shape, generator=generator) < defensive
         z_prior, _ = prior_proposal(prior)(x, k, generator)
 
-        def log_mix(z):
+        def log_mix_block(z):
             sq = (z[:, :, None, :] - centres[None]).square().sum(-1)  # (k, n, m)
-            return torch.logsumexp(torch.log(w)[None] - 0.5 * sq / s**2, dim=-1) + log_norm
+            return torch.logsumexp(torch.log(w)[None] - 0.5 * sq / s**2, dim=-1)
+
+        def log_mix(z):
+            return _over_blocks_of_draws(log_mix_block, z, centres.shape[1]) + log_norm
 
         return defensive_mixture(z, z_prior, from_prior, log_mix, prior, defensive)
 
     return draw
-
-
-def _log_normal_mixture(u, log_w, mu, sd) -> torch.Tensor:
-    """``log Σ_j w_j N(u; μ_j, diag sd_j²)`` for ``u`` of shape ``(k, n, d)`` against each row's
-    components ``(n, m, d)``; returns ``(k, n)``."""
-    eps = (u[:, :, None, :] - mu[None]) / sd[None]  # (k, n, m, d)
-    log_n = (-0.5 * eps**2 - torch.log(sd[None]) - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return torch.logsumexp(log_w[None] + log_n, dim=-1)
 
 
 def gaussian_codes_proposal(weights, loc: np.ndarray, scale: np.ndarray, prior: Prior,
@@ -123,16 +127,18 @@ def gaussian_codes_proposal(weights, loc: np.ndarray, scale: np.ndarray, prior: 
         from_prior = torch.rand(pick.shape, generator=generator) < defensive
         z_prior, _ = prior_proposal(prior)(x, k, generator)
 
+        def log_mix_block(u):
+            eps = (u[:, :, None, :] - mu[None]) / sd[None]  # (k, n, m, d)
+            log_n = (-0.5 * eps**2 - torch.log(sd[None]) - 0.5 * math.log(2 * math.pi)).sum(-1)
+            return torch.logsumexp(torch.log(w)[None] + log_n, dim=-1)
+
         def log_mix(z):
             if uniform:
                 z = z.clamp(1e-12, 1 - 1e-12)
                 u, log_jac = torch.log(z) - torch.log1p(-z), -torch.log(z * (1 - z)).sum(-1)
             else:
                 u, log_jac = z, 0.0
-            n, m, d = mu.shape
-            block = max(1, _MIXTURE_BLOCK_ENTRIES // (n * m * d))
-            return torch.cat([_log_normal_mixture(u[first:first + block], torch.log(w), mu, sd)
-                              for first in range(0, u.shape[0], block)]) + log_jac
+            return _over_blocks_of_draws(log_mix_block, u, mu.shape[1]) + log_jac
 
         return defensive_mixture(z, z_prior, from_prior, log_mix, prior, defensive)
 
