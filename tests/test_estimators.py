@@ -92,6 +92,14 @@ def test_mapa_posterior_is_a_mixture_of_the_learned_gaussian_codes(circle):
     assert not np.array_equal(ablation.posterior(X[:7]).loc, post.loc)
 
 
+def test_importance_weighted_codes_take_k_decoder_passes_per_index(circle):
+    truth, X, _ = circle
+    est = MAPADensity(sigma=truth.sigma, steps=10, batch_size=50, codes="gaussian",
+                      importance_samples=3, random_state=0).fit(X)
+    assert est.objective_.n_samples == 3 and est.passes_per_step_ == 150
+    assert np.isfinite(est.history_[-1]["bound_full"])
+
+
 def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
     truth, X, _ = circle
     est = MAPADensity(sigma=truth.sigma, steps=20, random_state=0).fit(X)  # 1-D: atoms
@@ -230,6 +238,8 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(codes="points", steps=2), "codes must be 'auto', 'gaussian' or"),
     (lambda: MAPADensity(weights="knn", steps=2), "weights must be 'mapa' or 'identity'"),
     (lambda: MAPADensity(code_scale=0.0, steps=2), "code_scale must be a positive number"),
+    (lambda: MAPADensity(importance_samples=0, steps=2),
+     "importance_samples must be a positive integer"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),

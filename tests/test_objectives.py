@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import sparse
+from scipy import sparse, stats
 
 from mapa_vae import EmpiricalizedModel, MAPAPosterior, datasets
 from mapa_vae.atoms import Attachment, stratified_atoms
@@ -338,3 +338,73 @@ def test_gaussian_codes_refuse_bad_shapes_and_scales():
         _codes_objective(loc=np.zeros((3, 1)))
     with pytest.raises(ValueError, match="positive"):
         _codes_objective(scale=np.zeros((40, 1)))
+
+
+def _iw_draws(objective, k, draws, seed=0):
+    """``Σ_n`` of the importance-weighted terms with ``k`` draws per code, ``draws`` times."""
+    n, d = objective.loc.shape
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return np.array([float(objective.importance_terms(
+            torch.arange(n), torch.randn((k, n, d), dtype=torch.float64, generator=gen)).sum())
+            for _ in range(draws)])
+
+
+def test_importance_weighted_codes_bound_is_exact_at_the_exact_posterior_of_a_linear_model():
+    """W = I and each code the exact posterior: every importance weight is p(x_n), so the bound
+    with any K and any draws is Σ_n log p(x_n) (closed form) up to float64 rounding."""
+    a, b = np.array([0.8, -0.5]), np.array([0.1, 0.2])
+    decoder = torch.nn.Linear(1, 2, dtype=torch.float64)  # a, b exactly as written
+    with torch.no_grad():
+        decoder.weight.copy_(torch.tensor(a[:, None]))
+        decoder.bias.copy_(torch.tensor(b))
+    X = np.random.default_rng(0).normal(size=(30, 2))
+    objective, _ = _codes_objective(n=30, weights="identity", decoder=decoder, sigma=0.3)
+    sigma = float(objective.model.likelihood.sigma)  # σ as the model holds it
+    v = 1.0 / (1.0 + a @ a / sigma**2)
+    with torch.no_grad():
+        objective.loc.copy_(torch.tensor(v * (X - b) @ a / sigma**2)[:, None])
+        objective.log_scale.fill_(0.5 * math.log(v))
+        objective.xbar.copy_(torch.tensor(X))
+    log_p = stats.multivariate_normal(b, np.outer(a, a) + sigma**2 * np.eye(2)).logpdf(X)
+    eps = torch.randn((3, 30, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        terms = objective.importance_terms(torch.arange(30), eps)
+    np.testing.assert_allclose(terms.numpy(), log_p, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("prior", [StandardNormal(1), Uniform(1)], ids=["normal", "uniform"])
+def test_importance_weighted_codes_bound_rises_with_k_and_stays_below_log_p(prior):
+    """For a random row-stochastic W, the bound's expectation with K = 8 draws per code lies
+    above that with one (the closed-form-KL bound of the same codes) and below Σ_i log p_θ(x_i)
+    (quadrature). Means over 50 repetitions, compared beyond 4 standard errors (measured over
+    200: the two means 30 and 12.6 nats apart, each standard error below 0.6 there)."""
+    objective, X = _codes_objective(prior=prior)
+    one = _per_draw_bounds(objective, 50).sum(1)
+    eight = _iw_draws(objective, 8, 50)
+    log_p = objective.model.log_prob(X, nodes_per_dim=16384).sum()
+
+    def se(a):
+        return a.std(ddof=1) / math.sqrt(a.size)
+
+    assert eight.mean() - 4 * se(eight) > one.mean() + 4 * se(one)
+    assert eight.mean() - 4 * se(eight) <= log_p
+    single = _iw_draws(objective, 1, 50, seed=1)  # the same bound, sampled KL
+    assert abs(single.mean() - one.mean()) <= 4 * math.hypot(se(single), se(one))
+
+
+def test_importance_weighted_codes_cost_k_passes_per_index():
+    objective, _ = _codes_objective(dtype=torch.float32)
+    objective.n_samples = 3
+    estimate = objective(None, torch.tensor([3, 7]))
+    assert estimate.passes == 6 and torch.isfinite(estimate.value)
+    estimate.value.backward()
+    assert set(torch.nonzero(objective.loc.grad.abs().sum(1)).ravel().tolist()) == {3, 7}
+    with pytest.raises(ValueError, match="n_samples must be a positive integer"):
+        _codes_objective_with(n_samples=0)
+
+
+def _codes_objective_with(**options):
+    objective, X = _codes_objective()
+    return GaussianCodesBound(objective.model, objective.weights, X, np.zeros((40, 1)),
+                              np.ones((40, 1)), **options)

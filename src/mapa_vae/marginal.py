@@ -36,8 +36,24 @@ normal prior, ``Φ`` for the uniform one). Everything below works in ``u``.
 stochastic lower bound that is biased low by about ``se²/2``; ``se = sd(w) / (√K mean(w))`` is
 its delta-method standard error and ``(Σ w)² / Σ w²`` its effective sample size (of ``K``).
 
+**Annealed importance sampling** (``anneal_steps = T > 0``; Neal 2001, as Wu et al. 2017 compare
+decoder-based models). Where importance sampling from the fitted proposal ``q`` above has too
+few effective samples (many latent dimensions), ``K`` chains start from ``q`` itself and are
+annealed to the posterior ``f_T(u) = p(u) p(x | u)``, whose integral is ``p(x)``, through
+``f_t = q^{1 − β_t} f_T^{β_t}`` on the sigmoidal schedule ``β_t`` (Grosse et al. 2015). A chain's
+weight ``log w = Σ_t (β_t − β_{t−1}) [log f_T(u_{t−1}) − log q(u_{t−1})]``, with ``u_t`` from
+``u_{t−1}`` by one Hamiltonian Monte Carlo step that leaves ``f_t`` invariant
+(``leapfrog_steps`` leapfrog steps, Metropolis correction), has ``E[w] = p(x)``: the estimate,
+its standard error and effective sample size are the same functions of the chains' weights as
+of importance weights, and ``T = 0`` is importance sampling. The transitions run in the
+coordinates that whiten ``q``'s mixture (its mean and covariance) with unit mass, and each
+point's leapfrog step size is adapted between temperatures towards an acceptance rate of 0.65
+(from its chains' mean acceptance). Chains start in every fitted mode (in proportion to ``q``),
+so a posterior with several modes is annealed from all of them.
+
 **Cost.** ``start_draws + R · fit_steps · fit_samples`` decoder passes for the fit (those of the
-steps with gradients) and ``K`` for the estimate, per point; reported with the wall-clock
+steps with gradients) and ``K`` for the estimate, per point (annealing: ``K (1 + T ·
+leapfrog_steps)``, with gradients); reported with the wall-clock
 seconds in the result. The decoder must give gradients with respect to its input (a function written with NumPy does not): the
 fit needs them, and a decoder without them is refused with an error that says so.
 
@@ -154,7 +170,8 @@ def _fit(target: _Target, x, d: int, restarts: int, start_draws: int, steps: int
 def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
                           restarts: int = 8, start_draws: int = 256, fit_steps: int = 200,
                           fit_samples: int = 4, learning_rate: float = 0.05, widen: float = 1.2,
-                          defensive: float = 0.1, seed=0,
+                          defensive: float = 0.1, anneal_steps: int = 0,
+                          leapfrog_steps: int = 5, seed=0,
                           rows_per_chunk: int = 64) -> ImportanceEstimate:
     """``log p(x)`` per row of ``X`` by importance sampling from a proposal fitted to each point.
 
@@ -169,11 +186,16 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
         Observation noise ``σ``.
     X : array-like of shape (n, D)
     n_samples : int, default=2000
-        Importance samples ``K`` per point.
+        Importance samples ``K`` per point; with ``anneal_steps > 0``, annealed chains.
     restarts, start_draws, fit_steps, fit_samples, learning_rate, widen, defensive
         The proposal (module docstring): ``R`` fits, the prior draws their starts are chosen
         from, Adam steps, samples per step, peak learning rate, scale widening ``c``, prior
-        share ``ε``.
+        share ``ε`` (importance sampling only).
+    anneal_steps : int, default=0
+        ``0``: importance sampling from the fitted proposal. ``T > 0``: annealed importance
+        sampling from its components through ``T`` temperatures (module docstring).
+    leapfrog_steps : int, default=5
+        Leapfrog steps of each Hamiltonian Monte Carlo transition (annealing only).
     seed : int, default=0
         Seeds every draw; the result is a function of the seed.
 
@@ -202,6 +224,10 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     fit_steps = check_positive_int(fit_steps, "fit_steps")
     fit_samples = check_positive_int(fit_samples, "fit_samples")
     rows_per_chunk = check_positive_int(rows_per_chunk, "rows_per_chunk")
+    leapfrog_steps = check_positive_int(leapfrog_steps, "leapfrog_steps")
+    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, (int, np.integer)) \
+            or anneal_steps < 0:
+        raise ValueError(f"anneal_steps must be a non-negative integer, got {anneal_steps!r}")
     if not 0.0 < defensive < 1.0:
         raise ValueError(f"defensive must lie in (0, 1), got {defensive!r}")
     if not widen > 0:
@@ -221,9 +247,14 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
         with torch.enable_grad():
             loc, factor = _fit(target, x, d, restarts, start_draws, fit_steps, fit_samples,
                                learning_rate, generator)
-        with torch.no_grad():
-            log_w = _importance_weights(target, x, loc, widen * factor, n_samples, defensive,
-                                        generator)
+        if anneal_steps:
+            with torch.enable_grad():
+                log_w = _annealed_weights(target, x, loc, widen * factor, defensive,
+                                          n_samples, anneal_steps, leapfrog_steps, generator)
+        else:
+            with torch.no_grad():
+                log_w = _importance_weights(target, x, loc, widen * factor, n_samples,
+                                            defensive, generator)
         log_p[rows], se[rows], ess[rows] = weight_summary(log_w)
     return ImportanceEstimate(log_p, se, ess, n_samples, decoder_passes=target.passes,
                               seconds=time.perf_counter() - start_time)
@@ -239,21 +270,109 @@ def _log_mixture(u, loc, factor) -> torch.Tensor:
     return (torch.logsumexp(log_n, 1) - math.log(loc.shape[1])).T
 
 
+def _log_proposal(u, loc, factor, defensive: float) -> torch.Tensor:
+    """``log q(u)`` of the defensive mixture ``(1 − ε) (1/R) Σ_r N(m_r, L_r L_rᵀ) + ε N(0, I)``
+    for ``u`` of shape ``(m, n, d)`` (``ε = 0``: the fitted mixture alone)."""
+    mixture = _log_mixture(u, loc, factor)
+    if defensive == 0:
+        return mixture
+    return torch.logaddexp(math.log1p(-defensive) + mixture,
+                           math.log(defensive) + _log_std_normal(u))
+
+
+def _draw_proposal(loc, factor, m: int, defensive: float, generator) -> torch.Tensor:
+    """``m`` draws per row from the defensive mixture proposal, shape ``(m, n, d)``."""
+    n, restarts, d = loc.shape
+    rows = torch.arange(n)
+    pick = torch.randint(restarts, (m, n), generator=generator)
+    eps = torch.randn((m, n, d), dtype=torch.float64, generator=generator)
+    u = loc[rows, pick] + (factor[rows, pick] @ eps[..., None])[..., 0]
+    from_prior = torch.rand((m, n), dtype=torch.float64, generator=generator) < defensive
+    u_prior = torch.randn((m, n, d), dtype=torch.float64, generator=generator)
+    return torch.where(from_prior[..., None], u_prior, u)
+
+
 def _importance_weights(target: _Target, x, loc, factor, k: int, defensive: float, generator,
                         block: int = 500) -> torch.Tensor:
     """``log w`` of shape ``(k, n)`` for ``k`` draws from the defensive mixture proposal."""
-    n, restarts, d = loc.shape
-    rows = torch.arange(n)
     out = []
     for first in range(0, k, block):
-        m = min(block, k - first)
-        pick = torch.randint(restarts, (m, n), generator=generator)
-        eps = torch.randn((m, n, d), dtype=torch.float64, generator=generator)
-        u = loc[rows, pick] + (factor[rows, pick] @ eps[..., None])[..., 0]
-        from_prior = torch.rand((m, n), dtype=torch.float64, generator=generator) < defensive
-        u_prior = torch.randn((m, n, d), dtype=torch.float64, generator=generator)
-        u = torch.where(from_prior[..., None], u_prior, u)
-        log_q = torch.logaddexp(math.log1p(-defensive) + _log_mixture(u, loc, factor),
-                                math.log(defensive) + _log_std_normal(u))
-        out.append(target(u, x) - log_q)
+        u = _draw_proposal(loc, factor, min(block, k - first), defensive, generator)
+        out.append(target(u, x) - _log_proposal(u, loc, factor, defensive))
     return torch.cat(out)
+
+
+#: The acceptance rate the leapfrog step size is adapted towards, and how fast (per temperature,
+#: multiplicatively: ``ε ← ε exp(κ (rate − target))``).
+_TARGET_ACCEPTANCE, _ADAPTATION = 0.65, 0.5
+
+
+def sigmoid_schedule(steps: int, sharpness: float = 4.0) -> torch.Tensor:
+    """``β_0 = 0 < β_1 < … < β_T = 1``: a logistic curve in ``t``, rescaled to end at 0 and 1
+    (temperatures crowd near both ends, where the intermediate densities change fastest)."""
+    curve = torch.sigmoid(sharpness * torch.linspace(-1.0, 1.0, steps + 1, dtype=torch.float64))
+    return (curve - curve[0]) / (curve[-1] - curve[0])
+
+
+def _moments(loc, factor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(n, d)`` and Cholesky factor ``(n, d, d)`` of the covariance of the equal-weight
+    mixture ``(1/R) Σ_r N(m_r, L_r L_rᵀ)``."""
+    mean = loc.mean(1)
+    spread = loc - mean[:, None, :]
+    cov = (factor @ factor.transpose(-1, -2) + spread[..., :, None] * spread[..., None, :]).mean(1)
+    return mean, torch.linalg.cholesky(cov)
+
+
+def _annealed_weights(target: _Target, x, loc, factor, defensive: float, chains: int,
+                      steps: int, leapfrog: int, generator) -> torch.Tensor:
+    """``log w`` of shape ``(chains, n)``: annealed importance sampling from the defensive
+    mixture proposal ``q`` to the posterior of each row, ``f_t = q^{1 − β_t} (p(u) p(x | u))^{β_t}``,
+    Hamiltonian Monte Carlo in the coordinates ``v = C⁻¹ (u − c)`` that whiten the fitted
+    mixture (``c``, ``C Cᵀ`` its mean and covariance; a constant Jacobian, which cancels)."""
+    n, _, d = loc.shape
+    centre, whiten = _moments(loc, factor)
+
+    def densities(v):
+        """``log q``, ``log p(u) p(x | u)`` and their gradients in ``v``."""
+        v = v.detach().requires_grad_(True)
+        u = centre + (whiten @ v[..., None])[..., 0]
+        start, end = _log_proposal(u, loc, factor, defensive), target(u, x)
+        start_grad, = torch.autograd.grad(start.sum(), v, retain_graph=True)
+        end_grad, = torch.autograd.grad(end.sum(), v)
+        return start.detach(), end.detach(), start_grad, end_grad
+
+    u = _draw_proposal(loc, factor, chains, defensive, generator)
+    v = torch.linalg.solve_triangular(whiten, (u - centre).permute(1, 2, 0),
+                                      upper=False).permute(2, 0, 1)
+    state = densities(v)
+    betas = sigmoid_schedule(steps)
+    log_w = torch.zeros(chains, n, dtype=torch.float64)
+    step_size = torch.full((n, 1), 0.5 / d**0.25, dtype=torch.float64)
+    for t in range(1, steps + 1):
+        beta = float(betas[t])
+        log_w += (beta - float(betas[t - 1])) * (state[1] - state[0])
+
+        def log_f(values):  # log f_t and its gradient
+            start, end, start_grad, end_grad = values
+            return ((1.0 - beta) * start + beta * end,
+                    (1.0 - beta) * start_grad + beta * end_grad)
+
+        momentum = torch.randn((chains, n, d), dtype=torch.float64, generator=generator)
+        value, grad = log_f(state)
+        start_h = 0.5 * momentum.square().sum(-1) - value
+        position, proposed = v, state
+        p = momentum + 0.5 * step_size * grad
+        for k in range(leapfrog):
+            position = position + step_size * p
+            proposed = densities(position)
+            value, grad = log_f(proposed)
+            p = p + (step_size if k < leapfrog - 1 else 0.5 * step_size) * grad
+        log_accept = (start_h - 0.5 * p.square().sum(-1) + value).nan_to_num(nan=-math.inf)
+        accept = torch.rand((chains, n), dtype=torch.float64, generator=generator).log() \
+            < log_accept
+        v = torch.where(accept[..., None], position, v)
+        state = tuple(torch.where(accept if a.dim() == 2 else accept[..., None], a, b)
+                      for a, b in zip(proposed, state))
+        rate = log_accept.clamp(max=0.0).exp().mean(0)  # (n,)
+        step_size = step_size * torch.exp(_ADAPTATION * (rate - _TARGET_ACCEPTANCE))[:, None]
+    return log_w
