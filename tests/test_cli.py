@@ -43,6 +43,9 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--method", "iwae", "--code-learning-rate", "0.001", "--steps", "5"],
      "--code-learning-rate sets the rate of MAPA's codes; iwae has none"),
     (["fit", "--code-learning-rate", "-1", "--steps", "5"], "code_learning_rate must be"),
+    (["fit", "--method", "vae", "--importance-samples", "2", "--steps", "5"],
+     "--importance-samples sets the draws of MAPA's Gaussian codes; vae has none"),
+    (["fit", "--importance-samples", "2", "--steps", "5"], "the atoms (codes='atoms'"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "never"
@@ -125,6 +128,14 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
                  "--n-train", "200", "--n-test", "20", "--quiet", "--out", str(slow)]) == 0
     config = json.loads((slow / "metrics.json").read_text())["config"]
     assert config["extra"] == {"code_learning_rate": 0.002}
+    weighted = tmp_path / "weighted"  # d_z = 8: Gaussian codes, two draws each per step
+    assert main(["fit", "--dataset", "linear-gaussian", "--importance-samples", "2", "--steps",
+                 "5", "--n-train", "200", "--n-test", "5", "--quiet", "--out",
+                 str(weighted)]) == 0
+    drawn = json.loads((weighted / "metrics.json").read_text())
+    assert drawn["config"]["extra"] == {"importance_samples": 2}
+    assert drawn["passes_per_step"] == 200
+
     from mapa_vae import MAPAPosterior, datasets
     from mapa_vae.experiment import RunConfig, sample_data
 

@@ -240,6 +240,7 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_scale=0.0, steps=2), "code_scale must be a positive number"),
     (lambda: MAPADensity(importance_samples=0, steps=2),
      "importance_samples must be a positive integer"),
+    (lambda: MAPADensity(importance_samples=2, steps=2), "the atoms .* take none"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),

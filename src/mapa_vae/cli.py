@@ -70,6 +70,11 @@ def fit(args) -> tuple[dict, bool]:
             raise ValueError(f"--code-learning-rate sets the rate of MAPA's codes; "
                              f"{args.method} has none")
         extra["code_learning_rate"] = args.code_learning_rate
+    if args.importance_samples is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--importance-samples sets the draws of MAPA's Gaussian codes; "
+                             f"{args.method} has none")
+        extra["importance_samples"] = args.importance_samples
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        training=training, learn_sigma=args.learn_sigma, init=args.init,
@@ -198,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code-learning-rate", type=float, default=None, metavar="RATE",
                    help="peak learning rate of MAPA's codes: the atoms' relaxed positions "
                         "(default 0.1 x the learning rate) or the Gaussian codes (3 x)")
+    p.add_argument("--importance-samples", type=_positive_int, default=None, metavar="K",
+                   help="MAPA's Gaussian codes (above two latent dimensions): K draws per code "
+                        "in each step on the importance-weighted bound over them, K x the "
+                        "decoder passes (default 1)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

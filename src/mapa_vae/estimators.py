@@ -468,7 +468,11 @@ class MAPADensity(_LatentDensity):
             raise ValueError(f"codes must be 'auto', 'gaussian' or 'atoms', got {self.codes!r}")
         if self.weights not in ("mapa", "identity"):
             raise ValueError(f"weights must be 'mapa' or 'identity', got {self.weights!r}")
-        check_positive_int(self.importance_samples, "importance_samples")
+        if check_positive_int(self.importance_samples, "importance_samples") > 1 \
+                and self._codes() == "atoms":
+            raise ValueError("importance_samples draws Gaussian codes; the atoms (codes='atoms',"
+                             " the default up to two latent dimensions) take none: set "
+                             "codes='gaussian' or leave importance_samples at 1")
         for name in ("code_learning_rate", "code_scale"):
             value = getattr(self, name)
             if value is None and name == "code_learning_rate":
