@@ -311,7 +311,16 @@ class GaussianCodesBound(Objective):
             neg_kl = -0.5 * (loc.square() + (2 * log_s).exp() - 1.0 - 2 * log_s).sum(-1)
             return u, neg_kl.expand(eps.shape[:-1])
         entropy = (log_s + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
-        return torch.sigmoid(u), entropy + (F.logsigmoid(u) + F.logsigmoid(-u)).sum(-1)
+        z, log_p = self._prior_in_code_space(u)
+        return z, entropy + log_p
+
+    def _prior_in_code_space(self, u: torch.Tensor):
+        """``z = g(u)`` and ``log p(u)``, the prior's density in the codes' coordinates:
+        ``N(0, I)`` for the normal prior; for the uniform prior the logistic density (the law of
+        the logit of a uniform draw)."""
+        if self.gaussian:
+            return u, -0.5 * u.square().sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
+        return torch.sigmoid(u), (F.logsigmoid(u) + F.logsigmoid(-u)).sum(-1)
 
     def terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``T_n``, one draw per index: ``Σ_i W_in log N(x_i; f(z_n), σ²I) − m_n KL(N_n ‖ p)``."""
@@ -321,29 +330,26 @@ class GaussianCodesBound(Objective):
 
     def importance_terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``m_n log (1/K) Σ_k exp(g_n(z_k) + log p(z_k) − log N_n(z_k))`` for the ``K`` draws
-        ``ε`` of shape ``(K, len(idx), d)``, in the codes' coordinates (``u``; for the uniform
-        prior ``p`` is then the logistic density, the law of the logit of a uniform draw)."""
+        ``ε`` of shape ``(K, len(idx), d)``, in the codes' coordinates ``u``."""
         loc, log_s = self.loc[idx], self.log_scale[idx]
         u = loc + log_s.exp() * eps
-        log_q = (-0.5 * eps.square() - log_s).sum(-1)
-        if self.gaussian:
-            z, log_p = u, -0.5 * u.square().sum(-1)
-        else:
-            z, log_p = torch.sigmoid(u), (F.logsigmoid(u) + F.logsigmoid(-u)).sum(-1)
-            log_p = log_p + 0.5 * u.shape[-1] * math.log(2 * math.pi)  # log_q's constant
+        log_q = (-0.5 * eps.square() - log_s).sum(-1) - 0.5 * u.shape[-1] * math.log(2 * math.pi)
+        z, log_p = self._prior_in_code_space(u)
         mean = self.model.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
         mass = self.mass[idx]
         per_mass = _smoothed_log_lik(self, idx, mean) / mass.clamp_min(torch.finfo(mass.dtype).tiny)
         log_w = per_mass + log_p - log_q
         return mass * (torch.logsumexp(log_w, 0) - math.log(eps.shape[0]))
 
+    def bound_terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The bound's term per index for ``K`` draws ``ε`` of shape ``(K, len(idx), d)``:
+        :meth:`terms` (the KL in closed form) at ``K = 1``, :meth:`importance_terms` above."""
+        return self.terms(idx, eps[0]) if eps.shape[0] == 1 else self.importance_terms(idx, eps)
+
     def forward(self, x, idx) -> BoundEstimate:
         b, d = idx.shape[0], self.loc.shape[1]
-        if self.n_samples == 1:
-            eps = batch_normal((b, d), self.loc.dtype, self.loc.device, batch_dim=0)
-            return BoundEstimate(self.terms(idx, eps).mean(), passes=b)
         eps = batch_normal((self.n_samples, b, d), self.loc.dtype, self.loc.device, batch_dim=1)
-        return BoundEstimate(self.importance_terms(idx, eps).mean(), passes=self.n_samples * b)
+        return BoundEstimate(self.bound_terms(idx, eps).mean(), passes=self.n_samples * b)
 
     @torch.no_grad()
     def per_point(self, points: np.ndarray | None = None, n_samples: int = 1,
@@ -385,11 +391,9 @@ class GaussianCodesBound(Objective):
         how often diagnostics are logged leaves training's random stream, and so its result, as
         it is."""
         n, d = self.loc.shape
-        idx = torch.arange(n, device=self.loc.device)
         eps = torch.randn((self.n_samples, n, d), dtype=self.loc.dtype,
                           generator=torch.Generator().manual_seed(0)).to(self.loc.device)
-        bound = self.terms(idx, eps[0]) if self.n_samples == 1 else \
-            self.importance_terms(idx, eps)
+        bound = self.bound_terms(torch.arange(n, device=self.loc.device), eps)
         return {"bound_full": float(bound.mean()),
                 "code_scale": float(self.log_scale.exp().median())}
 
