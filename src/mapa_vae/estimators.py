@@ -39,7 +39,7 @@ from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
 from .schedules import AggressiveEncoder, AttachmentUpdates, LoggedDiagnostics
 from .trainer import Trainer, TrainingConfig, TrainingSettings
-from .validation import as_data, check_positive_int
+from .validation import as_data, check_non_negative_int, check_positive_int
 
 #: Floating-point types training can run in (evaluation is always float64).
 TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -461,9 +461,7 @@ class MAPADensity(_LatentDensity):
 
     def _check_settings(self) -> None:
         for name in ("pilot_steps", "project_every", "reattach_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            check_non_negative_int(getattr(self, name), name)
         if self.codes not in ("auto", "gaussian", "atoms"):
             raise ValueError(f"codes must be 'auto', 'gaussian' or 'atoms', got {self.codes!r}")
         if self.weights not in ("mapa", "identity"):

@@ -70,7 +70,7 @@ import torch
 from .evaluation import ImportanceEstimate, weight_summary
 from .likelihood import log_normal_from_sqdist
 from .priors import Prior, StandardNormal
-from .validation import as_data, check_positive_int
+from .validation import as_data, check_non_negative_int, check_positive_int
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -190,10 +190,10 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     restarts, start_draws, fit_steps, fit_samples, learning_rate, widen, defensive
         The proposal (module docstring): ``R`` fits, the prior draws their starts are chosen
         from, Adam steps, samples per step, peak learning rate, scale widening ``c``, prior
-        share ``ε`` (importance sampling only).
+        share ``ε``.
     anneal_steps : int, default=0
         ``0``: importance sampling from the fitted proposal. ``T > 0``: annealed importance
-        sampling from its components through ``T`` temperatures (module docstring).
+        sampling from that proposal through ``T`` temperatures (module docstring).
     leapfrog_steps : int, default=5
         Leapfrog steps of each Hamiltonian Monte Carlo transition (annealing only).
     seed : int, default=0
@@ -225,9 +225,7 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     fit_samples = check_positive_int(fit_samples, "fit_samples")
     rows_per_chunk = check_positive_int(rows_per_chunk, "rows_per_chunk")
     leapfrog_steps = check_positive_int(leapfrog_steps, "leapfrog_steps")
-    if isinstance(anneal_steps, bool) or not isinstance(anneal_steps, (int, np.integer)) \
-            or anneal_steps < 0:
-        raise ValueError(f"anneal_steps must be a non-negative integer, got {anneal_steps!r}")
+    anneal_steps = check_non_negative_int(anneal_steps, "anneal_steps")
     if not 0.0 < defensive < 1.0:
         raise ValueError(f"defensive must lie in (0, 1), got {defensive!r}")
     if not widen > 0:
