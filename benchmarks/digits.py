@@ -33,9 +33,9 @@ that of ``mapa_vae.marginal`` (importance sampling, 2000 samples per image, from
 Gaussians fitted to each image by ELBO restarts, with a 10% defensive share of the prior;
 ``benchmarks/evaluator.py`` validates it); with ``--evaluator annealed``, annealed importance
 sampling from the same fitted proposals (16 chains × ``--anneal-steps`` temperatures, default
-100, × 5 leapfrog steps per image; for many latent dimensions, where importance sampling's effective sample size
-collapses), with the importance-sampling estimate kept beside it (``importance_sampling``);
-with ``--evaluator fitted-gaussian`` the interim one
+100, × 5 leapfrog steps per image; for many latent dimensions, where importance sampling's
+effective sample size collapses), with the importance-sampling estimate kept beside it
+(``importance_sampling``); with ``--evaluator fitted-gaussian`` the interim one
 of :func:`fitted_gaussian_log_likelihood` (a diagonal Gaussian fitted to each test image by 300
 Adam steps on its ELBO, widened 1.2×, then 2000 importance samples with a 10% share of the
 prior), which is then also run at ``d_z = 2``, beside quadrature, to measure its bias on the
