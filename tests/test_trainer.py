@@ -255,3 +255,18 @@ def test_the_trainer_needs_a_learning_rate_and_settings_may_leave_it_to_the_meth
     assert TrainingSettings().validate().learning_rate is None  # the method's protocol rate
     with pytest.raises(ValueError, match="the trainer needs a learning_rate"):
         TrainingConfig().validate()
+
+
+def test_gradients_finite_is_exact_including_sums_that_overflow():
+    from mapa_vae.trainer import gradients_finite
+
+    big = torch.full((4,), torch.finfo(torch.float32).max)  # finite, but its sum overflows
+    assert torch.isinf(big.sum())
+    assert gradients_finite([big, torch.zeros(3, 2)])
+    assert gradients_finite([])
+    for bad in (math.nan, math.inf, -math.inf):
+        g = torch.zeros(5, 3)
+        g[2, 1] = bad
+        assert not gradients_finite([torch.ones(2), g])
+    both = torch.tensor([math.inf, -math.inf])  # the sum is NaN; still non-finite
+    assert not gradients_finite([both.double()])
