@@ -379,9 +379,9 @@ def summary(rows: list[dict], args) -> str:
     if trained:
         lines += ["", f"The fit on the training images: the first {args.train_score} training "
                       "images scored by the same evaluator (quadrature up to latent dim 2, "
-                      "importance sampling from fitted proposals above), median over seeds [range] ± the median standard error over "
-                      "images, beside the test score; the gap is train − test, per seed, "
-                      "then the median.", "",
+                      "importance sampling from fitted proposals above), median over seeds "
+                      "[range] ± the median standard error over images, beside the test "
+                      "score; the gap is train − test, per seed, then the median.", "",
                   "| latent dim | method | training images | test images | gap |",
                   "|---|---|---|---|---|"]
         for d in sorted({r["latent_dim"] for r in trained}):

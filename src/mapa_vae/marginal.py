@@ -53,9 +53,9 @@ so a posterior with several modes is annealed from all of them.
 
 **Cost.** ``start_draws + R · fit_steps · fit_samples`` decoder passes for the fit (those of the
 steps with gradients) and ``K`` for the estimate, per point (annealing: ``K (1 + T ·
-leapfrog_steps)``, with gradients); reported with the wall-clock
-seconds in the result. The decoder must give gradients with respect to its input (a function written with NumPy does not): the
-fit needs them, and a decoder without them is refused with an error that says so.
+leapfrog_steps)``, with gradients); reported with the wall-clock seconds in the result. The
+decoder must give gradients with respect to its input (a function written with NumPy does
+not): the fit needs them, and a decoder without them is refused with an error that says so.
 
 Deterministic given ``seed`` (a seeded torch generator; CPU, float64), for a fixed thread count.
 """
