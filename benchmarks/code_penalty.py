@@ -2,21 +2,22 @@
 codes, and the learned ``σ`` rescaled after training.
 
     python3 benchmarks/code_penalty.py [--latent-dims 12 16 20 32] [--seeds 3]
-                                       [--strengths 0 3] [--neighbours 5]
+                                       [--strengths 0 3]
                                        [--baselines iwae] [--sigma-scales 1 1.1 1.2]
                                        [--jobs 2] [--out bench-results/code-penalty]
 
 The protocol of ``benchmarks/digits.py`` (same images, split, decoder, 5000 steps, learning rate
-0.01, ``σ`` learned), MAPA with its defaults (Gaussian codes above ``d_z = 2``), trained on its
-bound minus a **graph penalty** on the codes' means,
+0.01, ``σ`` learned), MAPA with its defaults, its codes tied **through the whole run** at
+strength ``λ`` (``MAPADensity(code_tying=λ)`` ties them from half-way; here from the first
+step): its minibatch objective is the bound minus
 
-    λ/2 · mean over the minibatch of ‖μ_n − sg(μ̄_n)‖²,    μ̄_n = (1/k) Σ_{m ∈ nb_k(n)} μ_m,
+    λ/2 · mean over the minibatch of ‖μ_n − sg(μ̄_n)‖²,    μ̄_n = (1/5) Σ_{m ∈ nb(n)} μ_m,
 
-``nb_k(n)`` the ``k`` nearest training images of image ``n`` in MAPA's own representation (the
-first ``d_z`` whitened principal components, the library's default above ``d_z = 2``; data
-only, computed once), ``sg`` no gradient: each drawn code is pulled toward the mean of its
-neighbours' codes, as an encoder would map similar images to similar codes. ``λ = 0`` is MAPA
-as it is. The penalty is not part of any bound; what it buys is measured by the one evaluator
+``nb(n)`` the 5 nearest training images of image ``n`` in MAPA's own representation (the first
+``d_z`` whitened principal components; data only, computed once), ``sg`` no gradient: each drawn
+code is pulled toward the mean of its neighbours' codes, as an encoder would map similar images
+to similar codes. ``λ = 0`` is MAPA with free codes (``code_tying=0``, the default before the
+tying). The penalty is not part of any bound; what it buys is measured by the one evaluator
 only. The same penalty-free fit of ``--baselines`` (IWAE S = 10 by default) sits beside it.
 
 Every fitted model is scored on the 297 test images and its first 297 training images by the
@@ -38,45 +39,22 @@ from pathlib import Path
 import numpy as np
 
 
-def neighbour_index(X: np.ndarray, latent_dim: int, k: int) -> np.ndarray:
-    """``(N, k)``: each row's ``k`` nearest other rows in the first ``latent_dim`` whitened
-    principal components of ``X``."""
-    from sklearn.decomposition import PCA
-    from sklearn.neighbors import NearestNeighbors
-
-    features = PCA(latent_dim, whiten=True, random_state=0).fit_transform(X)
-    return NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)[1][:, 1:]
-
-
-def penalised_mapa(strength: float, neighbours: np.ndarray, **params):
-    """``MAPADensity(**params)`` trained on its bound minus the graph penalty (module
-    docstring) of strength ``strength`` over the neighbour index ``neighbours``."""
-    import torch
-
+def tied_throughout(strength: float, **params):
+    """``MAPADensity(code_tying=strength, **params)`` with the codes tied from the first step
+    instead of from half-way (the library's :class:`~mapa_vae.schedules.CodeTying`, started at
+    step 0); ``strength = 0``: free codes."""
     from mapa_vae.estimators import MAPADensity
-    from mapa_vae.objectives import BoundEstimate, GaussianCodesBound
+    from mapa_vae.schedules import CodeTying
 
-    index = torch.as_tensor(neighbours)
+    class TiedThroughout(MAPADensity):
+        def _callbacks(self, objective):
+            return [CodeTying(objective, strength, 0) if isinstance(c, CodeTying) else c
+                    for c in super()._callbacks(objective)]
 
-    class PenalisedCodes(GaussianCodesBound):
-        def forward(self, x, idx):
-            estimate = super().forward(x, idx)
-            pull = self.loc[index[idx.cpu()].to(idx.device)].mean(1).detach()
-            penalty = 0.5 * strength * (self.loc[idx] - pull).square().sum(-1).mean()
-            return BoundEstimate(estimate.value - penalty, passes=estimate.passes)
-
-    class PenalisedMAPA(MAPADensity):
-        def _make_objective(self, X, model, start):
-            objective = super()._make_objective(X, model, start)
-            if not isinstance(objective, GaussianCodesBound):
-                raise ValueError("the graph penalty acts on Gaussian codes (latent_dim > 2)")
-            objective.__class__ = PenalisedCodes
-            return objective
-
-    return PenalisedMAPA(**params)
+    return TiedThroughout(code_tying=strength, **params)
 
 
-def one_run(method: str, latent_dim: int, seed: int, strength: float, k: int,
+def one_run(method: str, latent_dim: int, seed: int, strength: float,
             sigma_scales: list[float], scored: int = 297) -> dict:
     import torch
 
@@ -88,12 +66,12 @@ def one_run(method: str, latent_dim: int, seed: int, strength: float, k: int,
     params = protocol_params(method, latent_dim, seed, 5000, 0.01)
     start = time.perf_counter()
     if method == "mapa":
-        est = penalised_mapa(strength, neighbour_index(X, latent_dim, k), **params)
+        est = tied_throughout(strength, **params)
     else:
         est = make_estimator(method, **params)
     est.fit(X)
     row = {"method": method, "latent_dim": latent_dim, "seed": seed,
-           "strength": strength if method == "mapa" else None, "neighbours": k,
+           "strength": strength if method == "mapa" else None,
            "sigma": est.sigma_, "fit_wall_seconds": time.perf_counter() - start, "scores": {}}
     model = est.model_
     learned = model.likelihood.log_sigma.data.clone()
@@ -137,7 +115,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 3.0],
                         help="λ of the graph penalty (0: MAPA as it is)")
-    parser.add_argument("--neighbours", type=int, default=5, help="k of the graph penalty")
     parser.add_argument("--baselines", nargs="*", default=["iwae"], choices=["vae", "iwae"])
     parser.add_argument("--sigma-scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--jobs", type=int, default=2)
@@ -145,8 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     if any(d <= 2 for d in args.latent_dims):
         parser.error("--latent-dims: the codes are Gaussian above d_z = 2; give sizes above 2")
-    if any(s < 0 for s in args.strengths) or args.neighbours < 1:
-        parser.error("--strengths must be non-negative and --neighbours at least 1")
+    if any(s < 0 for s in args.strengths):
+        parser.error("--strengths must be non-negative")
     if any(c <= 0 for c in args.sigma_scales):
         parser.error("--sigma-scales must be positive")
     out = Path(args.out)
@@ -156,7 +133,7 @@ def main() -> None:
     jobs += [(m, d, seed, 0.0) for d in args.latent_dims for seed in range(args.seeds)
              for m in args.baselines]
     with ProcessPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(one_run, m, d, seed, s, args.neighbours, args.sigma_scales)
+        futures = [pool.submit(one_run, m, d, seed, s, args.sigma_scales)
                    for m, d, seed, s in jobs]
         rows = []
         for (m, d, seed, s), future in zip(jobs, futures):

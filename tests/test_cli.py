@@ -46,6 +46,11 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--method", "vae", "--importance-samples", "2", "--steps", "5"],
      "--importance-samples sets the draws of MAPA's Gaussian codes; vae has none"),
     (["fit", "--importance-samples", "2", "--steps", "5"], "the atoms (codes='atoms'"),
+    (["fit", "--method", "vae", "--code-tying", "1", "--steps", "5"],
+     "--code-tying ties MAPA's Gaussian codes; vae has none"),
+    (["fit", "--code-tying", "1", "--steps", "5"], "code_tying ties Gaussian codes"),
+    (["fit", "--dataset", "linear-gaussian", "--code-tying", "-1", "--steps", "5"],
+     "code_tying must be 'auto' or a non-negative number"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "never"

@@ -100,6 +100,32 @@ def test_importance_weighted_codes_take_k_decoder_passes_per_index(circle):
     assert np.isfinite(est.history_[-1]["bound_full"])
 
 
+def test_tied_codes_train_free_until_half_way_then_tied_to_their_neighbours(circle):
+    truth, X, _ = circle
+    settings = dict(sigma=truth.sigma, steps=8, batch_size=50, codes="gaussian", log_every=1,
+                    random_state=0)
+    free = MAPADensity(**settings).fit(X)
+    tied = MAPADensity(code_tying=3.0, **settings).fit(X)
+    neighbours = tied.objective_.neighbours.numpy()
+    assert neighbours.shape == (len(X), 5) and free.objective_.neighbours is None
+    assert not (neighbours == np.arange(len(X))[:, None]).any()
+    objective = [[row["objective"] for row in est.history_] for est in (free, tied)]
+    assert objective[0][:4] == objective[1][:4]  # steps 1-4: the same draws, no penalty
+    assert all(a != b for a, b in zip(objective[0][4:], objective[1][4:]))
+    assert tied.objective_.tie_strength == 3.0 and tied.passes_per_step_ == 50
+
+
+def test_codes_are_tied_by_default_only_where_they_are_gaussian_by_default():
+    X = np.random.default_rng(0).normal(size=(60, 5))
+    settings = dict(steps=4, batch_size=20, random_state=0)
+    above = MAPADensity(latent_dim=3, **settings).fit(X)
+    assert above.objective_.tie_strength == 1.0 and above.objective_.neighbours is not None
+    atoms = MAPADensity(latent_dim=3, codes="atoms", **settings).fit(X)
+    assert isinstance(atoms.objective_, MAPABound)
+    two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
+    assert two.objective_.tie_strength == 0.0 and two.objective_.neighbours is None
+
+
 def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
     truth, X, _ = circle
     est = MAPADensity(sigma=truth.sigma, steps=20, random_state=0).fit(X)  # 1-D: atoms
@@ -242,6 +268,9 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
      "importance_samples must be a positive integer"),
     (lambda: MAPADensity(importance_samples=2, steps=2), "the atoms .* take none"),
     (lambda: MAPADensity(code_learning_rate=-1, steps=2), "code_learning_rate must be"),
+    (lambda: MAPADensity(code_tying=-1.0, codes="gaussian", steps=2),
+     "code_tying must be 'auto' or a non-negative number"),
+    (lambda: MAPADensity(code_tying=1.0, steps=2), "code_tying ties Gaussian codes"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),
      "effective_neighbours must be 'auto', None or a number"),

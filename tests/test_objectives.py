@@ -408,3 +408,53 @@ def _codes_objective_with(**options):
     objective, X = _codes_objective()
     return GaussianCodesBound(objective.model, objective.weights, X, np.zeros((40, 1)),
                               np.ones((40, 1)), **options)
+
+
+def _tied_objective(strength, seed=0):
+    """The codes objective with neighbours ``n+1, n+2 (mod N)`` and tie strength ``strength``."""
+    objective, X = _codes_objective(seed=seed)
+    n = objective.loc.shape[0]
+    neighbours = (np.arange(n)[:, None] + np.array([1, 2])) % n
+    tied = GaussianCodesBound(objective.model, objective.weights, X,
+                              objective.loc.detach().numpy(),
+                              objective.log_scale.exp().detach().numpy(),
+                              neighbours=neighbours, dtype=torch.float64)
+    tied.tie_strength = strength
+    return tied, neighbours
+
+
+def test_tied_codes_subtract_the_penalty_in_closed_form_from_the_same_bound():
+    objective, neighbours = _tied_objective(2.5)
+    idx = torch.tensor([0, 5, 39])
+    torch.manual_seed(3)
+    tied = objective(None, idx)
+    objective.tie_strength = 0.0
+    torch.manual_seed(3)
+    free = objective(None, idx)
+    mu = objective.loc.detach().numpy()
+    rows = idx.numpy()
+    penalty = 0.5 * ((mu[rows] - mu[neighbours[rows]].mean(1)) ** 2).sum(1).mean()
+    assert tied.passes == free.passes == 3
+    assert float((free.value - tied.value).detach()) == pytest.approx(2.5 * penalty, rel=1e-12)
+
+
+def test_tied_codes_pull_only_the_drawn_means_toward_their_neighbours():
+    objective, neighbours = _tied_objective(1.0)
+    idx = torch.tensor([4, 9])
+    (-objective.tie_penalty(idx)).backward()
+    grad = objective.loc.grad.numpy()
+    mu = objective.loc.detach().numpy()
+    expected = np.zeros_like(mu)  # d/dμ_n of −½ mean ‖μ_n − sg(μ̄_n)‖²: (μ̄_n − μ_n) / B
+    expected[[4, 9]] = (mu[neighbours[[4, 9]]].mean(1) - mu[[4, 9]]) / 2
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)  # float64
+    assert objective.log_scale.grad is None
+
+
+def test_tied_codes_need_neighbours_of_the_right_shape():
+    free, _ = _codes_objective()
+    with pytest.raises(ValueError, match="needs their neighbours"):
+        free.tie_penalty(torch.tensor([0]))
+    with pytest.raises(ValueError, match="neighbours must be an"):
+        _codes_objective_with(neighbours=np.zeros((39, 2), dtype=int))
+    with pytest.raises(ValueError, match="neighbours must be an"):
+        _codes_objective_with(neighbours=np.full((40, 2), 40))

@@ -75,6 +75,10 @@ def fit(args) -> tuple[dict, bool]:
             raise ValueError(f"--importance-samples sets the draws of MAPA's Gaussian codes; "
                              f"{args.method} has none")
         extra["importance_samples"] = args.importance_samples
+    if args.code_tying is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--code-tying ties MAPA's Gaussian codes; {args.method} has none")
+        extra["code_tying"] = args.code_tying
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        training=training, learn_sigma=args.learn_sigma, init=args.init,
@@ -207,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's Gaussian codes (above two latent dimensions): K draws per code "
                         "in each step on the importance-weighted bound over them, K x the "
                         "decoder passes (default 1)")
+    p.add_argument("--code-tying", type=float, default=None, metavar="LAMBDA",
+                   help="MAPA's Gaussian codes: from half-way through training, pull each "
+                        "drawn code toward its 5 nearest training points' mean code with this "
+                        "strength (default 1 above two latent dimensions, 0 below; 0: free codes)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

@@ -29,15 +29,15 @@ from .encoders import AmortizedPosterior
 from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
-from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, initial_candidates,
-                         prepare, run_pilots)
+from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, code_neighbours,
+                         initial_candidates, prepare, run_pilots)
 from .model import GenerativeModel
 from .networks import float64_decoder, mlp
 from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPABound,
                          PriorProposalBound)
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
-from .schedules import AggressiveEncoder, AttachmentUpdates, LoggedDiagnostics
+from .schedules import AggressiveEncoder, AttachmentUpdates, CodeTying, LoggedDiagnostics
 from .trainer import Trainer, TrainingConfig, TrainingSettings
 from .validation import as_data, check_non_negative_int, check_positive_int
 
@@ -410,6 +410,14 @@ class MAPADensity(_LatentDensity):
         bound over them (:class:`~mapa_vae.objectives.GaussianCodesBound`; ``K B`` decoder
         passes per step, the bound at ``K = 1``). docs/gaussian_codes.md has what ``K = 2``
         measured on digits.
+    code_tying : "auto" or float, default="auto"
+        Gaussian codes: ``λ ≥ 0``. From half-way through training, each drawn code's mean is
+        pulled toward the mean code of its 5 nearest training points in MAPA's representation,
+        with strength ``λ`` (at 1 as strongly as the prior pulls it toward 0; a regulariser
+        beside the bound, :class:`~mapa_vae.objectives.GaussianCodesBound`; no network passes).
+        Per-index codes over-fit late in training; docs/gaussian_codes.md has what it measured
+        on digits. ``"auto"``: 1 for Gaussian codes above two latent dimensions (where they are
+        the default), else 0; 0 leaves the codes free.
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -456,7 +464,7 @@ class MAPADensity(_LatentDensity):
                  init="auto", pilot_steps=200, project_every=50, reattach_every=500,
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
-                 dtype="float32"):
+                 code_tying="auto", dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -471,13 +479,20 @@ class MAPADensity(_LatentDensity):
             raise ValueError("importance_samples draws Gaussian codes; the atoms (codes='atoms',"
                              " the default up to two latent dimensions) take none: set "
                              "codes='gaussian' or leave importance_samples at 1")
-        for name in ("code_learning_rate", "code_scale"):
+        for name in ("code_learning_rate", "code_scale", "code_tying"):
             value = getattr(self, name)
-            if value is None and name == "code_learning_rate":
+            if (value is None and name == "code_learning_rate") \
+                    or (value == "auto" and name == "code_tying"):
                 continue
             if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
-                    or not math.isfinite(value) or value <= 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                    or not math.isfinite(value) or value < 0
+                    or (value == 0 and name != "code_tying")):
+                kind = "'auto' or a non-negative" if name == "code_tying" else "a positive"
+                raise ValueError(f"{name} must be {kind} number, got {value!r}")
+        if self._code_tying() and self._codes() == "atoms":
+            raise ValueError("code_tying ties Gaussian codes; the atoms (codes='atoms', the "
+                             "default up to two latent dimensions) take none: set "
+                             "codes='gaussian' or leave code_tying at 0")
 
     def _setup(self, X, seed: int, monitor=None, resume: bool = False) -> Trainer:
         """MAPA's setup (:func:`~mapa_vae.mapa_setup.prepare`, kept as ``features_`` and
@@ -533,6 +548,14 @@ class MAPADensity(_LatentDensity):
         above = check_positive_int(self.latent_dim, "latent_dim") > 2
         return None, MAX_NEIGHBOURS_ABOVE_2D if above else None
 
+    def _code_tying(self) -> float:
+        """``code_tying`` with ``"auto"`` resolved: 1 for Gaussian codes above two latent
+        dimensions, else 0."""
+        if self.code_tying != "auto":
+            return float(self.code_tying)
+        above = check_positive_int(self.latent_dim, "latent_dim") > 2
+        return 1.0 if above and self._codes() == "gaussian" else 0.0
+
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
         above."""
@@ -559,16 +582,20 @@ class MAPADensity(_LatentDensity):
         if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
+        neighbours = code_neighbours(setup.representation) if self._code_tying() else None
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / learning_rate,
-                                  n_samples=int(self.importance_samples))
+                                  n_samples=int(self.importance_samples), neighbours=neighbours)
 
     def _callbacks(self, objective) -> list:
-        """The bound's diagnostics in the history; for atoms, projection and re-attachment."""
+        """The bound's diagnostics in the history; for atoms, projection and re-attachment;
+        with ``code_tying``, the codes tied from half-way through the steps."""
         callbacks = [LoggedDiagnostics(objective.diagnostics)]
         if isinstance(objective, MAPABound):
             callbacks.append(AttachmentUpdates(objective, self.project_every,
                                                self.reattach_every))
+        if isinstance(objective, GaussianCodesBound) and self._code_tying():
+            callbacks.append(CodeTying(objective, self._code_tying(), int(self.steps) // 2))
         return callbacks
 
     def _gaussian_codes(self) -> tuple[np.ndarray, np.ndarray]:

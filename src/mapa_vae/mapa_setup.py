@@ -57,6 +57,19 @@ class MAPASetup:
     atoms: np.ndarray
 
 
+#: Neighbours whose mean code each Gaussian code is tied to (``MAPADensity(code_tying=λ)``).
+CODE_TIE_NEIGHBOURS = 5
+
+
+def code_neighbours(representation: np.ndarray, k: int = CODE_TIE_NEIGHBOURS) -> np.ndarray:
+    """``(N, k)``: each training point's ``k`` nearest other training points in MAPA's
+    representation (scikit-learn's exact search; fewer than ``k`` when ``N ≤ k``)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, representation.shape[0] - 1)
+    return NearestNeighbors(n_neighbors=k).fit(representation).kneighbors()[1]
+
+
 @dataclass
 class Candidates:
     """The initial attachments to train, by name (``perm[n]``: the atom attached to index

@@ -272,6 +272,18 @@ class GaussianCodesBound(Objective):
     which is ``Σ_i L_i`` at ``K = 1`` (there computed with the KL in closed form) and rises with
     ``K`` (Burda et al., 2016). ``K`` draws per index of the minibatch: ``K B`` decoder passes.
 
+    **Tying the codes** (``tie_strength = λ > 0``, set during training by
+    :class:`~mapa_vae.schedules.CodeTying`). Given ``neighbours`` (shape ``(N, k)``: each
+    index's ``k`` nearest other training points, from the data alone), the minibatch estimate
+    is the bound minus
+
+        λ · ½ mean over the minibatch of ‖μ_n − sg(μ̄_n)‖²,    μ̄_n = (1/k) Σ_{m ∈ nb(n)} μ_m,
+
+    ``sg`` no gradient: each drawn code's mean is pulled toward its neighbours' mean code, as an
+    encoder maps similar points to similar codes (at ``λ = 1`` as strongly as the normal prior's
+    KL pulls it toward 0). The penalty is a regulariser, not part of the bound; the per-point
+    bound and the diagnostics leave it out.
+
     ``loc`` and ``scale`` (shape ``(N, d)``) initialise ``μ`` and ``s``; ``code_lr_scale``
     multiplies the learning rate of the codes (each is updated only when its index is drawn).
     """
@@ -281,7 +293,8 @@ class GaussianCodesBound(Objective):
 
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
                  loc: np.ndarray, scale: np.ndarray, code_lr_scale: float = 1.0,
-                 n_samples: int = 1, dtype: torch.dtype = torch.float32):
+                 n_samples: int = 1, neighbours: np.ndarray | None = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         W = _register_targets(self, weights, X, dtype)
@@ -296,6 +309,15 @@ class GaussianCodesBound(Objective):
         self.log_scale = nn.Parameter(torch.tensor(np.log(scale), dtype=dtype))
         self.code_lr_scale = float(code_lr_scale)
         self.gaussian = isinstance(model.prior, StandardNormal)
+        if neighbours is not None:
+            neighbours = np.asarray(neighbours)
+            if neighbours.ndim != 2 or neighbours.shape[0] != n or neighbours.shape[1] < 1 \
+                    or neighbours.min() < 0 or neighbours.max() >= n:
+                raise ValueError(f"neighbours must be an ({n}, k) array of training indices, "
+                                 f"got shape {neighbours.shape}")
+            neighbours = torch.as_tensor(neighbours, dtype=torch.long)
+        self.register_buffer("neighbours", neighbours, persistent=False)  # data-only, rebuilt
+        self.tie_strength = 0.0
 
     def parameter_groups(self) -> list[dict]:
         return self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
@@ -346,10 +368,21 @@ class GaussianCodesBound(Objective):
         :meth:`terms` (the KL in closed form) at ``K = 1``, :meth:`importance_terms` above."""
         return self.terms(idx, eps[0]) if eps.shape[0] == 1 else self.importance_terms(idx, eps)
 
+    def tie_penalty(self, idx: torch.Tensor) -> torch.Tensor:
+        """``½ mean over idx of ‖μ_n − sg(μ̄_n)‖²``, ``μ̄_n`` the mean code of ``n``'s
+        neighbours (no decoder pass)."""
+        if self.neighbours is None:
+            raise ValueError("tying the codes needs their neighbours: give neighbours=")
+        pull = self.loc[self.neighbours[idx]].mean(-2).detach()
+        return 0.5 * (self.loc[idx] - pull).square().sum(-1).mean()
+
     def forward(self, x, idx) -> BoundEstimate:
         b, d = idx.shape[0], self.loc.shape[1]
         eps = batch_normal((self.n_samples, b, d), self.loc.dtype, self.loc.device, batch_dim=1)
-        return BoundEstimate(self.bound_terms(idx, eps).mean(), passes=self.n_samples * b)
+        value = self.bound_terms(idx, eps).mean()
+        if self.tie_strength:
+            value = value - self.tie_strength * self.tie_penalty(idx)
+        return BoundEstimate(value, passes=self.n_samples * b)
 
     @torch.no_grad()
     def per_point(self, points: np.ndarray | None = None, n_samples: int = 1,

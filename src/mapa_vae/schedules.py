@@ -13,6 +13,9 @@ Every network pass a callback spends is charged to that counter, the loop's only
 * :class:`AggressiveEncoder` (the lagging-encoder VAE, He et al. 2019): while aggressive, before
   each model step the encoder alone is updated on fresh minibatches until its loss stops
   improving; once per epoch the mutual information ``I_q(x; z)`` decides whether to stay so.
+* :class:`CodeTying` (MAPA's Gaussian codes): from a given step on, each drawn code's mean is
+  pulled toward its neighbours' mean code (:class:`~mapa_vae.objectives.GaussianCodesBound`);
+  no network passes.
 * :class:`LoggedDiagnostics`: the objective's evaluation-only numbers (its full bound, MAPA's gap)
   at each logged step; not training work, so not charged.
 """
@@ -138,3 +141,15 @@ class LoggedDiagnostics(StepCallback):
 
     def history(self) -> dict:
         return self.diagnostics()
+
+
+class CodeTying(StepCallback):
+    """Sets the objective's ``tie_strength`` to ``strength`` from step ``start`` on (0 before):
+    the codes train free at first and tied in the rest, where per-index codes over-fit.
+    Follows the step count, so a resumed run ties from the same step."""
+
+    def __init__(self, objective, strength: float, start: int):
+        self.objective, self.strength, self.start = objective, float(strength), int(start)
+
+    def before_step(self, context: StepContext) -> None:
+        self.objective.tie_strength = self.strength if context.step >= self.start else 0.0
