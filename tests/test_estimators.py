@@ -115,11 +115,13 @@ def test_tied_codes_train_free_until_half_way_then_tied_to_their_neighbours(circ
     assert tied.objective_.tie_strength == 3.0 and tied.passes_per_step_ == 50
 
 
-def test_codes_are_tied_by_default_only_where_they_are_gaussian_by_default():
+@pytest.mark.parametrize("prior", ["normal", "uniform"])
+def test_codes_are_tied_by_default_only_where_they_are_gaussian_by_default(prior):
     X = np.random.default_rng(0).normal(size=(60, 5))
-    settings = dict(steps=4, batch_size=20, random_state=0)
+    settings = dict(steps=4, batch_size=20, random_state=0, prior=prior)
     above = MAPADensity(latent_dim=3, **settings).fit(X)
     assert above.objective_.tie_strength == 1.0 and above.objective_.neighbours is not None
+    assert np.isfinite(above.score_samples(X[:3])).all()
     atoms = MAPADensity(latent_dim=3, codes="atoms", **settings).fit(X)
     assert isinstance(atoms.objective_, MAPABound)
     two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
