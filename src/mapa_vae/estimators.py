@@ -314,6 +314,12 @@ class _LatentDensity(DensityMixin, BaseEstimator):
                                 features=features)
 
 
+def _finite_number(value) -> bool:
+    """Whether ``value`` is a finite real number (a bool is not)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.floating))
+            and math.isfinite(value))
+
+
 class MAPADensity(_LatentDensity):
     """A latent-variable density trained with MAPA as its fixed index posterior: no encoder.
 
@@ -479,16 +485,16 @@ class MAPADensity(_LatentDensity):
             raise ValueError("importance_samples draws Gaussian codes; the atoms (codes='atoms',"
                              " the default up to two latent dimensions) take none: set "
                              "codes='gaussian' or leave importance_samples at 1")
-        for name in ("code_learning_rate", "code_scale", "code_tying"):
+        for name in ("code_learning_rate", "code_scale"):
             value = getattr(self, name)
-            if (value is None and name == "code_learning_rate") \
-                    or (value == "auto" and name == "code_tying"):
+            if value is None and name == "code_learning_rate":
                 continue
-            if (isinstance(value, bool) or not isinstance(value, (int, float, np.floating))
-                    or not math.isfinite(value) or value < 0
-                    or (value == 0 and name != "code_tying")):
-                kind = "'auto' or a non-negative" if name == "code_tying" else "a positive"
-                raise ValueError(f"{name} must be {kind} number, got {value!r}")
+            if not (_finite_number(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        tying = self.code_tying
+        if not ((isinstance(tying, str) and tying == "auto")
+                or (_finite_number(tying) and tying >= 0)):
+            raise ValueError(f"code_tying must be 'auto' or a non-negative number, got {tying!r}")
         if self._code_tying() and self._codes() == "atoms":
             raise ValueError("code_tying ties Gaussian codes; the atoms (codes='atoms', the "
                              "default up to two latent dimensions) take none: set "
