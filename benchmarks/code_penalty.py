@@ -31,7 +31,6 @@ Writes ``DIR/results.json`` (one row per run) and ``DIR/summary.md`` (medians ov
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -58,7 +57,7 @@ def one_run(method: str, latent_dim: int, seed: int, strength: float,
             sigma_scales: list[float], scored: int = 297) -> dict:
     import torch
 
-    from digits import digits, protocol_params
+    from digits import digits, held_out_log_likelihood, protocol_params
     from mapa_vae.methods import make_estimator
 
     torch.set_num_threads(1)
@@ -77,8 +76,8 @@ def one_run(method: str, latent_dim: int, seed: int, strength: float,
     learned = model.likelihood.log_sigma.data.clone()
     for c in sigma_scales:
         model.likelihood.log_sigma.data = learned + float(np.log(c))
-        test = est.log_likelihood(X_test, n_samples=2000, random_state=seed).log_prob
-        train = est.log_likelihood(X[:scored], n_samples=2000, random_state=seed).log_prob
+        test = held_out_log_likelihood(est, X_test, seed, 2000)
+        train = held_out_log_likelihood(est, X[:scored], seed, 2000)
         row["scores"][str(c)] = {"test": float(test.mean()),
                                  "test_se": float(test.std(ddof=1) / np.sqrt(len(test))),
                                  "train": float(train.mean())}
@@ -114,7 +113,7 @@ def main() -> None:
     parser.add_argument("--latent-dims", type=int, nargs="+", default=[12, 16, 20, 32])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 3.0],
-                        help="λ of the graph penalty (0: MAPA as it is)")
+                        help="λ of the codes' tying through the whole run (0: free codes)")
     parser.add_argument("--baselines", nargs="*", default=["iwae"], choices=["vae", "iwae"])
     parser.add_argument("--sigma-scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--jobs", type=int, default=2)
@@ -141,9 +140,12 @@ def main() -> None:
             c = str(args.sigma_scales[0])
             print(f"{m} d_z={d} seed={seed} λ={s}: test {rows[-1]['scores'][c]['test']:.2f}",
                   flush=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    (out / "summary.md").write_text(summary(rows, args.sigma_scales))
-    print(summary(rows, args.sigma_scales))
+    from mapa_vae.files import write_json, write_text
+
+    text = summary(rows, args.sigma_scales)
+    write_json(out / "results.json", rows)
+    write_text(out / "summary.md", text)
+    print(text)
 
 
 if __name__ == "__main__":
