@@ -600,8 +600,9 @@ class MAPADensity(_LatentDensity):
         if isinstance(objective, MAPABound):
             callbacks.append(AttachmentUpdates(objective, self.project_every,
                                                self.reattach_every))
-        if isinstance(objective, GaussianCodesBound) and self._code_tying():
-            callbacks.append(CodeTying(objective, self._code_tying(), int(self.steps) // 2))
+        strength = self._code_tying()
+        if isinstance(objective, GaussianCodesBound) and strength:
+            callbacks.append(CodeTying(objective, strength, int(self.steps) // 2))
         return callbacks
 
     def _gaussian_codes(self) -> tuple[np.ndarray, np.ndarray]:
