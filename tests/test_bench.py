@@ -258,3 +258,29 @@ def test_ctrl_c_stops_the_bench_cleanly_and_the_same_command_resumes(tmp_path):
     assert finished[0].stat().st_mtime_ns == stamp  # kept, not redone
     assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
     assert not list(out.rglob("*.tmp"))
+
+
+def test_the_train_kl_is_a_measurement_beside_the_protocol():
+    base = RunConfig.from_settings(method="mapa").as_dict()
+    before = {k: v for k, v in base.items() if k != "n_train_kl"}  # a run from before the setting
+    assert bench_module.protocol(before) == bench_module.protocol(base)
+    asked = RunConfig.from_settings(method="mapa", n_train_kl=200).as_dict()
+    assert bench_module.protocol(asked) != bench_module.protocol(before)
+    config = BenchConfig.from_settings(datasets=["circle"], methods=["mapa", "vae"], seeds=3,
+                                       n_train_kl=200)
+    assert {r.n_train_kl for r in config.runs()} == {200}
+    results = [{"dataset": "circle", "label": label, "seed": seed, "test_kl": test,
+                "test_kl_se": 0.01, "train_kl": fit, "passes_per_step": 100,
+                "total_passes": 300_000, "seconds": 1.0, "curve": []}
+               for label, values in (("mapa", [(0.5, -0.1), (0.7, 0.2), (0.6, 0.0)]),
+                                     ("vae", [(0.9, 0.4), (0.8, 0.3), (1.0, 0.5)]))
+               for seed, (test, fit) in enumerate(values)]
+    rows = {r["label"]: r for r in summarize(results)}
+    assert (rows["mapa"]["train_kl_median"], rows["mapa"]["train_kl_min"],
+            rows["mapa"]["train_kl_max"]) == (0.0, -0.1, 0.2)
+    text = summary_markdown(config, results, 1.0)
+    assert "| train KL (200 points) [min, max] |" in text
+    assert "| mapa | 0.6 | [0.5, 0.7] | 0.01 | 0 [-0.1, 0.2] | 100 |" in text
+    assert "| vae | 0.9 | [0.8, 1] | 0.01 | 0.4 [0.3, 0.5] | 100 |" in text
+    without = BenchConfig.from_settings(datasets=["circle"], methods=["mapa", "vae"], seeds=3)
+    assert "train KL" not in summary_markdown(without, results, 1.0)

@@ -69,8 +69,27 @@ def test_a_run_is_reproducible_from_its_seed():
     assert a["test_kl"] != c["test_kl"]
 
 
+def test_the_train_kl_scores_the_first_training_points_and_leaves_the_run_unchanged(tmp_path):
+    plain = run(RunConfig.from_settings(method="mapa", seed=1, **TINY))
+    config = RunConfig.from_settings(method="mapa", seed=1, n_train_kl=50, **TINY)
+    scored = run(config, tmp_path / "run")
+    assert "train_kl" not in plain
+    for key in ("test_kl", "test_kl_se", "final_objective", "total_passes"):
+        assert scored[key] == plain[key]
+    truth = datasets.get("circle")
+    X = sample_data(config, truth)[0][:50]
+    fitted = MAPADensity.load(tmp_path / "run" / "checkpoint.pt")
+    # the checkpoint holds the fitted weights exactly and quadrature draws nothing: the same
+    # computation in the same process, so equal up to the last bits
+    diff = truth.log_prob(X) - fitted.score_samples(X)
+    assert scored["train_kl"] == pytest.approx(diff.mean(), rel=1e-12, abs=1e-12)
+    assert scored["train_kl_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(50), rel=1e-9)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"method": "gan"}, "unknown method 'gan'"),
+    ({"n_train_kl": 1}, "n_train_kl must be 0"),
+    ({"n_train_kl": 121}, r"to n_train \(120\), got 121"),
     ({"method": "mapa", "samples": 5}, "applies to"),
     ({"method": "iwae", "samples": 0}, "S must be an integer >= 1"),
     ({"steps": 0}, "steps must be a positive integer"),

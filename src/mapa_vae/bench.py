@@ -47,7 +47,7 @@ QUICK = {"datasets": ["circle", "quadratic"], "methods": ["mapa", "vae", "iwae-1
 
 CSV_COLUMNS = ["dataset", "label", "method", "seed", "test_kl", "test_kl_se", "passes_per_step",
                "total_passes", "setup_seconds", "train_seconds", "seconds", "final_objective",
-               "bound", "gap", "sigma"]
+               "bound", "gap", "sigma", "train_kl", "train_kl_se"]
 
 
 @dataclass
@@ -63,6 +63,7 @@ class BenchConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     n_train: int = 1000
     n_test: int = 5000
+    n_train_kl: int = 0  # also the KL on the first this many training points of each run
     eval_every: int = 250
     n_eval: int = 1000
     jobs: int = 0  # worker processes; 0: one per core
@@ -98,7 +99,8 @@ class BenchConfig:
                 settings = parse_label(label)
                 for seed in range(self.first_seed, self.first_seed + self.seeds):
                     out.append(RunConfig(dataset=name, **settings, n_train=self.n_train,
-                                         n_test=self.n_test, training=training,
+                                         n_test=self.n_test, n_train_kl=self.n_train_kl,
+                                         training=training,
                                          device=self.device, seed=seed,
                                          eval_every=self.eval_every,
                                          n_eval=self.n_eval).validate())
@@ -132,8 +134,10 @@ def run_dir(out: Path, config: RunConfig, name: str | None = None) -> Path:
 
 
 def protocol(config: dict) -> dict:
-    """A run's settings less where it ran (device, distributed): what makes results comparable."""
-    return {key: value for key, value in config.items() if key not in ("device", "distributed")}
+    """A run's settings less where it ran (device, distributed): what makes results comparable.
+    No train KL (``n_train_kl`` 0) is the same protocol as a run from before that setting."""
+    return {key: value for key, value in config.items()
+            if key not in ("device", "distributed") and not (key == "n_train_kl" and not value)}
 
 
 def _finished(path: Path, config: RunConfig) -> dict | None:
@@ -334,7 +338,8 @@ def _spread(values) -> tuple[float, float, float, float, float]:
 
 def summarize(results: list[dict]) -> list[dict]:
     """One row per dataset × method: median, quartiles and range over seeds of the test KL, and
-    the median of each run's own standard error (its Monte-Carlo error on the test points)."""
+    the median of each run's own standard error (its Monte-Carlo error on the test points);
+    where every run measured it, the median and range of the train KL."""
     groups: dict[tuple, list[dict]] = {}
     for r in results:
         groups.setdefault((r["dataset"], r["label"]), []).append(r)
@@ -348,6 +353,9 @@ def summarize(results: list[dict]) -> list[dict]:
                      "passes_per_step": float(np.median([r["passes_per_step"] for r in group])),
                      "total_passes": float(np.median([r["total_passes"] for r in group])),
                      "seconds": float(np.median([r["seconds"] for r in group]))})
+        if all("train_kl" in r for r in group):
+            fit, _, _, fit_min, fit_max = _spread([r["train_kl"] for r in group])
+            rows[-1].update(train_kl_median=fit, train_kl_min=fit_min, train_kl_max=fit_max)
     return rows
 
 
@@ -436,17 +444,25 @@ def summary_markdown(config: BenchConfig, results: list[dict], elapsed: float,
         group = [r for r in rows if r["dataset"] == name]
         if not group:
             continue
+        fit = config.n_train_kl > 0
         lines += [f"## {name}", "",
-                  "| method | test KL | seeds [min, max] | s.e. | passes / step | total passes "
-                  "| seconds |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | test KL | seeds [min, max] | s.e. | " + (
+                      f"train KL ({config.n_train_kl} points) [min, max] | " if fit else "")
+                  + "passes / step | total passes | seconds |",
+                  "|---|---|---|---|" + ("---|" if fit else "") + "---|---|---|"]
         for r in sorted(group, key=lambda r: config.methods.index(r["label"])
                         if r["label"] in config.methods else 99):
+            fit_cell = (f"{_fmt(r['train_kl_median'])} [{_fmt(r['train_kl_min'])}, "
+                        f"{_fmt(r['train_kl_max'])}] | " if fit else "")
             lines.append(f"| {r['label']} | {_fmt(r['test_kl_median'])} | "
                          f"[{_fmt(r['test_kl_min'])}, {_fmt(r['test_kl_max'])}] | "
-                         f"{_fmt(r['test_kl_se'])} | "
+                         f"{_fmt(r['test_kl_se'])} | {fit_cell}"
                          f"{_fmt(r['passes_per_step'])} | {r['total_passes']:,.0f} | "
                          f"{r['seconds']:.1f} |")
+        if fit:
+            lines += ["", "Train KL: the same KL on the first training points of each run; "
+                      "test KL − train KL is the over-fit, and a negative train KL a model "
+                      "closer to its training points than the truth."]
         lines.append("")
     checks = targets(results, rows)
     if checks:

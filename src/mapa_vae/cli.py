@@ -81,7 +81,7 @@ def fit(args) -> tuple[dict, bool]:
         extra["code_tying"] = args.code_tying
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
-                       training=training, learn_sigma=args.learn_sigma, init=args.init,
+                       n_train_kl=args.train_kl, training=training, learn_sigma=args.learn_sigma, init=args.init,
                        seed=args.seed, eval_every=args.eval_every, device=device,
                        distributed=args.distributed, dtype=args.dtype, extra=extra)
     return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
@@ -98,6 +98,9 @@ def _print_fit(metrics: dict, out: str) -> None:
             ("network passes per step", f"{metrics['passes_per_step']:.1f}"),
             ("network passes in all", f"{metrics['total_passes']:,}"),
             ("sigma", f"{metrics['sigma']:.4g} (true {metrics['true_sigma']:.4g})")]
+    if "train_kl" in metrics:
+        rows.insert(1, (f"train KL ({metrics['config']['n_train_kl']} points)",
+                        f"{metrics['train_kl']:.4f} ± {metrics['train_kl_se']:.4f}"))
     if "gap" in metrics:
         rows.append(("MAPA bound / its gap", f"{metrics['bound']:.4f} / {metrics['gap']:.4f}"))
     elif "bound" in metrics:
@@ -113,8 +116,8 @@ def bench(args) -> tuple[str, bool]:
 
     settings = dict(QUICK) if args.quick else {}
     for key in ("datasets", "methods", "seeds", "first_seed", "steps", "batch_size",
-                "learning_rate", "lr_schedule", "n_train", "n_test", "eval_every", "jobs",
-                "device"):
+                "learning_rate", "lr_schedule", "n_train", "n_test", "n_train_kl", "eval_every",
+                "jobs", "device"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -218,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")
+    p.add_argument("--train-kl", type=int, default=0, metavar="N",
+                   help="also the KL on the first N training points, scored as the test points "
+                        "are: test KL - train KL is the over-fit (default 0: none)")
     p.add_argument("--log-every", type=_positive_int, default=training.log_every,
                    help=f"steps between history rows (default {training.log_every})")
     p.add_argument("--eval-every", type=int, default=0,
@@ -270,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"default {defaults.n_train}")
     p.add_argument("--n-test", type=_positive_int, default=None,
                    help=f"default {defaults.n_test}")
+    p.add_argument("--train-kl", type=int, default=None, dest="n_train_kl", metavar="N",
+                   help="also each run's KL on its first N training points, scored as the test "
+                        "points are: test KL - train KL is the over-fit (default 0: none)")
     p.add_argument("--eval-every", type=int, default=None,
                    help=f"steps between test-KL measurements for the curves (default "
                         f"{defaults.eval_every}; 0: none)")
