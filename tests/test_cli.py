@@ -52,6 +52,10 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--dataset", "linear-gaussian", "--code-tying", "-1", "--steps", "5"],
      "code_tying must be 'auto' or a non-negative number"),
     (["fit", "--train-kl", "1001", "--steps", "5"], "n_train_kl must be 0 (none) or from 2"),
+    (["fit", "--method", "vae", "--code-freeze-at", "0.5", "--steps", "5"],
+     "--code-freeze-at fixes MAPA's Gaussian codes; vae has none"),
+    (["fit", "--dataset", "linear-gaussian", "--code-freeze-at", "0", "--steps", "5"],
+     "code_freeze_at must be 'auto' or a share of the steps in (0, 1]"),
     (["bench", "--quick", "--quiet", "--train-kl", "-3"], "n_train_kl must be a non-negative"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):

@@ -115,17 +115,41 @@ def test_tied_codes_train_free_until_half_way_then_tied_to_their_neighbours(circ
     assert tied.objective_.tie_strength == 3.0 and tied.passes_per_step_ == 50
 
 
+def test_frozen_codes_stop_where_they_were_and_the_decoder_trains_on(circle):
+    truth, X, _ = circle
+    settings = dict(sigma=truth.sigma, batch_size=50, codes="gaussian", log_every=1,
+                    lr_schedule="constant", random_state=0)
+    first_half = MAPADensity(steps=4, **settings).fit(X)
+    free = MAPADensity(steps=8, **settings).fit(X)
+    frozen = MAPADensity(steps=8, code_freeze_at=0.5, **settings).fit(X)
+    objective = [[row["objective"] for row in est.history_] for est in (free, frozen)]
+    # steps 1-5 give the same bounds (step 5's, before its update, the codes after step 4);
+    # after it the free codes move on and the frozen ones do not
+    assert objective[0][:5] == objective[1][:5] and objective[0][5:] != objective[1][5:]
+    for name in ("loc", "log_scale"):  # a constant rate: the first four steps of either run
+        np.testing.assert_array_equal(getattr(frozen.objective_, name).detach().numpy(),
+                                      getattr(first_half.objective_, name).detach().numpy())
+        assert not getattr(frozen.objective_, name).requires_grad
+    decoders = [dict(est.model_.decoder.named_parameters()) for est in (first_half, frozen)]
+    assert any(not torch.equal(decoders[0][k], decoders[1][k]) for k in decoders[0])
+    assert frozen.passes_per_step_ == 50
+    assert free.objective_.loc.requires_grad  # at two latent dimensions "auto" freezes nothing
+
+
 @pytest.mark.parametrize("prior", ["normal", "uniform"])
-def test_codes_are_tied_by_default_only_where_they_are_gaussian_by_default(prior):
+def test_codes_are_tied_and_fixed_late_by_default_only_where_they_are_gaussian_by_default(
+        prior):
     X = np.random.default_rng(0).normal(size=(60, 5))
     settings = dict(steps=4, batch_size=20, random_state=0, prior=prior)
     above = MAPADensity(latent_dim=3, **settings).fit(X)
     assert above.objective_.tie_strength == 1.0 and above.objective_.neighbours is not None
+    assert not above.objective_.loc.requires_grad  # fixed from step 3 of 4
     assert np.isfinite(above.score_samples(X[:3])).all()
     atoms = MAPADensity(latent_dim=3, codes="atoms", **settings).fit(X)
     assert isinstance(atoms.objective_, MAPABound)
     two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
     assert two.objective_.tie_strength == 0.0 and two.objective_.neighbours is None
+    assert two.objective_.loc.requires_grad
 
 
 def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
@@ -273,6 +297,10 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_tying=-1.0, codes="gaussian", steps=2),
      "code_tying must be 'auto' or a non-negative number"),
     (lambda: MAPADensity(code_tying=1.0, steps=2), "code_tying ties Gaussian codes"),
+    (lambda: MAPADensity(code_freeze_at=0.0, codes="gaussian", steps=2),
+     r"code_freeze_at must be 'auto' or a share of the steps in \(0, 1\], got 0.0"),
+    (lambda: MAPADensity(code_freeze_at=1.5, codes="gaussian", steps=2), "got 1.5"),
+    (lambda: MAPADensity(code_freeze_at=0.5, steps=2), "code_freeze_at fixes Gaussian codes"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),
      "effective_neighbours must be 'auto', None or a number"),

@@ -79,6 +79,11 @@ def fit(args) -> tuple[dict, bool]:
         if methods.family(args.method) != "mapa":
             raise ValueError(f"--code-tying ties MAPA's Gaussian codes; {args.method} has none")
         extra["code_tying"] = args.code_tying
+    if args.code_freeze_at is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--code-freeze-at fixes MAPA's Gaussian codes; {args.method} has "
+                             f"none")
+        extra["code_freeze_at"] = args.code_freeze_at
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        n_train_kl=args.train_kl, training=training, learn_sigma=args.learn_sigma, init=args.init,
@@ -218,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's Gaussian codes: from half-way through training, pull each "
                         "drawn code toward its 5 nearest training points' mean code with this "
                         "strength (default 1 above two latent dimensions, 0 below; 0: free codes)")
+    p.add_argument("--code-freeze-at", type=float, default=None, metavar="SHARE",
+                   help="MAPA's Gaussian codes: fixed after this share of the steps, the "
+                        "decoder training on (default 0.75 above two latent dimensions, 1 "
+                        "below; 1: the codes learn throughout)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

@@ -37,7 +37,8 @@ from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPAB
                          PriorProposalBound)
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
-from .schedules import AggressiveEncoder, AttachmentUpdates, CodeTying, LoggedDiagnostics
+from .schedules import (AggressiveEncoder, AttachmentUpdates, CodeFreezing, CodeTying,
+                        LoggedDiagnostics)
 from .trainer import Trainer, TrainingConfig, TrainingSettings
 from .validation import as_data, check_non_negative_int, check_positive_int
 
@@ -424,6 +425,12 @@ class MAPADensity(_LatentDensity):
         Per-index codes over-fit late in training; docs/gaussian_codes.md has what it measured
         on digits. ``"auto"``: 1 for Gaussian codes above two latent dimensions (where they are
         the default), else 0; 0 leaves the codes free.
+    code_freeze_at : "auto" or float, default="auto"
+        Gaussian codes: the share of the steps after which the codes stay fixed and the decoder
+        and ``σ`` alone train on (1: the codes learn throughout). An early stop of the codes
+        alone, against their late over-fitting; docs/gaussian_codes.md has what it measured on
+        digits and ``linear-gaussian``. ``"auto"``: 0.75 for Gaussian codes above two latent
+        dimensions, else 1.
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -470,7 +477,7 @@ class MAPADensity(_LatentDensity):
                  init="auto", pilot_steps=200, project_every=50, reattach_every=500,
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
-                 code_tying="auto", dtype="float32"):
+                 code_tying="auto", code_freeze_at="auto", dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -499,6 +506,15 @@ class MAPADensity(_LatentDensity):
             raise ValueError("code_tying ties Gaussian codes; the atoms (codes='atoms', the "
                              "default up to two latent dimensions) take none: set "
                              "codes='gaussian' or leave code_tying at 0")
+        freeze = self.code_freeze_at
+        if not ((isinstance(freeze, str) and freeze == "auto")
+                or (_finite_number(freeze) and 0 < freeze <= 1)):
+            raise ValueError(f"code_freeze_at must be 'auto' or a share of the steps in (0, 1], "
+                             f"got {freeze!r}")
+        if self._code_freeze_at() < 1 and self._codes() == "atoms":
+            raise ValueError("code_freeze_at fixes Gaussian codes; the atoms (codes='atoms', the "
+                             "default up to two latent dimensions) take none: set "
+                             "codes='gaussian' or leave code_freeze_at at 1")
 
     def _setup(self, X, seed: int, monitor=None, resume: bool = False) -> Trainer:
         """MAPA's setup (:func:`~mapa_vae.mapa_setup.prepare`, kept as ``features_`` and
@@ -562,6 +578,14 @@ class MAPADensity(_LatentDensity):
         above = check_positive_int(self.latent_dim, "latent_dim") > 2
         return 1.0 if above and self._codes() == "gaussian" else 0.0
 
+    def _code_freeze_at(self) -> float:
+        """``code_freeze_at`` with ``"auto"`` resolved: 0.75 for Gaussian codes above two
+        latent dimensions, else 1."""
+        if self.code_freeze_at != "auto":
+            return float(self.code_freeze_at)
+        above = check_positive_int(self.latent_dim, "latent_dim") > 2
+        return 0.75 if above and self._codes() == "gaussian" else 1.0
+
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
         above."""
@@ -595,14 +619,19 @@ class MAPADensity(_LatentDensity):
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
-        with ``code_tying``, the codes tied from half-way through the steps."""
+        with ``code_tying``, the codes tied from half-way through the steps; with
+        ``code_freeze_at`` below 1, the codes fixed from that share of the steps."""
         callbacks = [LoggedDiagnostics(objective.diagnostics)]
         if isinstance(objective, MAPABound):
             callbacks.append(AttachmentUpdates(objective, self.project_every,
                                                self.reattach_every))
-        strength = self._code_tying()
-        if isinstance(objective, GaussianCodesBound) and strength:
-            callbacks.append(CodeTying(objective, strength, int(self.steps) // 2))
+        if isinstance(objective, GaussianCodesBound):
+            strength = self._code_tying()
+            if strength:
+                callbacks.append(CodeTying(objective, strength, int(self.steps) // 2))
+            share = self._code_freeze_at()
+            if share < 1:
+                callbacks.append(CodeFreezing(objective, int(int(self.steps) * share)))
         return callbacks
 
     def _gaussian_codes(self) -> tuple[np.ndarray, np.ndarray]:

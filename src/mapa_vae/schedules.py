@@ -153,3 +153,18 @@ class CodeTying(StepCallback):
 
     def before_step(self, context: StepContext) -> None:
         self.objective.tie_strength = self.strength if context.step >= self.start else 0.0
+
+
+class CodeFreezing(StepCallback):
+    """From step ``start`` on, the Gaussian codes (``loc``, ``log_scale``) stay where they are:
+    no gradient reaches them, so the optimiser leaves them, and the decoder and ``σ`` alone
+    train on. Follows the step count, so a resumed run freezes them at the same step."""
+
+    def __init__(self, objective, start: int):
+        self.objective, self.start = objective, int(start)
+
+    def before_step(self, context: StepContext) -> None:
+        if context.step >= self.start and self.objective.loc.requires_grad:
+            for code in (self.objective.loc, self.objective.log_scale):
+                code.requires_grad_(False)
+                code.grad = None
