@@ -86,8 +86,9 @@ def fit(args) -> tuple[dict, bool]:
         extra["code_freeze_at"] = args.code_freeze_at
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
-                       n_train_kl=args.train_kl, training=training, learn_sigma=args.learn_sigma, init=args.init,
-                       seed=args.seed, eval_every=args.eval_every, device=device,
+                       n_train_kl=args.train_kl, training=training,
+                       learn_sigma=args.learn_sigma, init=args.init, seed=args.seed,
+                       eval_every=args.eval_every, device=device,
                        distributed=args.distributed, dtype=args.dtype, extra=extra)
     return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
 
