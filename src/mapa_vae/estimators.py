@@ -570,21 +570,25 @@ class MAPADensity(_LatentDensity):
         above = check_positive_int(self.latent_dim, "latent_dim") > 2
         return None, MAX_NEIGHBOURS_ABOVE_2D if above else None
 
+    def _gaussian_above_two(self) -> bool:
+        """Gaussian codes above two latent dimensions: where the codes' late regularisers
+        (``code_tying``, ``code_freeze_at``) act by default."""
+        above = check_positive_int(self.latent_dim, "latent_dim") > 2
+        return above and self._codes() == "gaussian"
+
     def _code_tying(self) -> float:
         """``code_tying`` with ``"auto"`` resolved: 1 for Gaussian codes above two latent
         dimensions, else 0."""
         if self.code_tying != "auto":
             return float(self.code_tying)
-        above = check_positive_int(self.latent_dim, "latent_dim") > 2
-        return 1.0 if above and self._codes() == "gaussian" else 0.0
+        return 1.0 if self._gaussian_above_two() else 0.0
 
     def _code_freeze_at(self) -> float:
         """``code_freeze_at`` with ``"auto"`` resolved: 0.75 for Gaussian codes above two
         latent dimensions, else 1."""
         if self.code_freeze_at != "auto":
             return float(self.code_freeze_at)
-        above = check_positive_int(self.latent_dim, "latent_dim") > 2
-        return 0.75 if above and self._codes() == "gaussian" else 1.0
+        return 0.75 if self._gaussian_above_two() else 1.0
 
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
