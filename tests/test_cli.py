@@ -57,6 +57,13 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--dataset", "linear-gaussian", "--code-freeze-at", "0", "--steps", "5"],
      "code_freeze_at must be 'auto' or a share of the steps in (0, 1]"),
     (["bench", "--quick", "--quiet", "--train-kl", "-3"], "n_train_kl must be a non-negative"),
+    (["fit", "--method", "iwae", "--code-smoothing", "2", "--steps", "5"],
+     "--code-smoothing smooths the targets of MAPA's Gaussian codes; iwae has none"),
+    (["fit", "--code-smoothing", "2", "--steps", "5"], "code_smoothing smooths the targets"),
+    (["fit", "--dataset", "linear-gaussian", "--code-smoothing", "0.5", "--steps", "5"],
+     "code_smoothing must be 'auto', None or a number of effective neighbours of at least 1"),
+    (["fit", "--dataset", "linear-gaussian", "--code-smoothing", "2", "--importance-samples",
+      "2", "--steps", "5"], "code_smoothing takes one draw per code"),
 ])
 def test_errors_are_reported_and_nothing_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "never"

@@ -136,6 +136,36 @@ def test_frozen_codes_stop_where_they_were_and_the_decoder_trains_on(circle):
     assert free.objective_.loc.requires_grad  # at two latent dimensions "auto" freezes nothing
 
 
+def test_codes_learn_from_smoother_targets_from_half_way_until_fixed(circle):
+    truth, X, _ = circle
+    # 300 points in batches of 50: the second epoch's steps 6-11 revisit codes that have
+    # moments in Adam (a code's first update depends only on its gradient's signs)
+    settings = dict(sigma=truth.sigma, steps=16, batch_size=50, codes="gaussian", log_every=1,
+                    effective_neighbours=1.1, code_freeze_at=0.75, random_state=0)
+    plain = MAPADensity(code_smoothing=None, **settings).fit(X)
+    smoothed = MAPADensity(code_smoothing=2.0, **settings).fit(X)
+    assert plain.objective_.code_mass is None and smoothed.objective_.code_mass is not None
+    objective = [[row["objective"] for row in est.history_] for est in (plain, smoothed)]
+    # steps 1-9 give the same values (step 9's, before its update, from the same parameters);
+    # from step 9 on the codes follow the smoother targets, so later values differ
+    assert objective[0][:9] == objective[1][:9] and objective[0][9:] != objective[1][9:]
+    # a second decoder pass per index at 0-based steps 8-11, none once the codes are fixed
+    assert plain.passes_per_step_ == 50 and smoothed.passes_per_step_ == 50 * 20 / 16
+    # a smoothing the training weights already give acts not at all: the same run, bit for bit
+    same = MAPADensity(code_smoothing=1.05, **settings).fit(X)
+    assert same.objective_.code_mass is None
+    assert [row["objective"] for row in same.history_] == objective[0]
+
+
+def test_code_smoothing_resolves_auto_where_codes_are_gaussian_with_mapa_weights():
+    assert MAPADensity(latent_dim=3)._code_smoothing() == 1.25
+    for settings in (dict(latent_dim=2, codes="gaussian"), dict(latent_dim=3, codes="atoms"),
+                     dict(latent_dim=3, weights="identity"),
+                     dict(latent_dim=3, importance_samples=2)):
+        assert MAPADensity(**settings)._code_smoothing() is None
+    assert MAPADensity(latent_dim=3, weights="identity", code_smoothing=2)._code_smoothing() == 2
+
+
 @pytest.mark.parametrize("prior", ["normal", "uniform"])
 def test_codes_are_tied_and_fixed_late_by_default_only_where_they_are_gaussian_by_default(
         prior):
@@ -301,6 +331,12 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
      r"code_freeze_at must be 'auto' or a share of the steps in \(0, 1\], got 0.0"),
     (lambda: MAPADensity(code_freeze_at=1.5, codes="gaussian", steps=2), "got 1.5"),
     (lambda: MAPADensity(code_freeze_at=0.5, steps=2), "code_freeze_at fixes Gaussian codes"),
+    (lambda: MAPADensity(code_smoothing=0.5, codes="gaussian", steps=2),
+     "code_smoothing must be 'auto', None or a number of effective neighbours of at least 1"),
+    (lambda: MAPADensity(code_smoothing="more", codes="gaussian", steps=2), "got 'more'"),
+    (lambda: MAPADensity(code_smoothing=2, steps=2), "code_smoothing smooths the targets"),
+    (lambda: MAPADensity(code_smoothing=2, codes="gaussian", importance_samples=2, steps=2),
+     "code_smoothing takes one draw per code"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),
      "effective_neighbours must be 'auto', None or a number"),

@@ -460,3 +460,70 @@ def test_tied_codes_need_neighbours_of_the_right_shape():
         _codes_objective_with(neighbours=np.zeros((39, 2), dtype=int))
     with pytest.raises(ValueError, match="neighbours must be an"):
         _codes_objective_with(neighbours=np.full((40, 2), 40))
+
+
+def _smoothed_codes_objectives():
+    """The codes objective under ``W`` with smoother code targets ``V`` switched on, the same
+    without ``V``, and the objective under ``V`` itself: one model, the same starting codes."""
+    objective, X = _codes_objective()
+    rng = np.random.default_rng(1)
+    V = rng.random((40, 40)) ** 2
+    V = sparse.csr_matrix(V / V.sum(axis=1, keepdims=True))
+    loc, scale = objective.loc.detach().numpy(), objective.log_scale.exp().detach().numpy()
+
+    def make(weights, **options):
+        return GaussianCodesBound(objective.model, weights, X, loc, scale, dtype=torch.float64,
+                                  **options)
+
+    smoothed = make(objective.weights, code_weights=V)
+    smoothed.smooth_codes = True
+    return smoothed, make(objective.weights), make(V)
+
+
+def _gradients(objective, idx, seed=3):
+    objective.model.zero_grad()
+    torch.manual_seed(seed)
+    estimate = objective(None, idx)
+    estimate.value.backward()
+    return estimate, {name: p.grad.clone() for name, p in objective.model.named_parameters()}
+
+
+def test_smoothed_codes_keep_the_bound_and_follow_the_smoother_targets():
+    smoothed, plain, under_v = _smoothed_codes_objectives()
+    idx = torch.tensor([0, 5, 17, 39])
+    estimate, model_grads = _gradients(smoothed, idx)
+    reference, reference_grads = _gradients(plain, idx)
+    _, _ = _gradients(under_v, idx)
+    # the same draws and parameters: the value is the bound's, bit for bit
+    assert torch.equal(estimate.value, reference.value)
+    assert estimate.passes == 8 and reference.passes == 4
+    # the decoder and σ follow the bound under W (the same backward through the decoder; a
+    # margin over bit-equality in float64), the codes the bound under V with the decoder fixed
+    for name, grad in model_grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-12, atol=1e-14)
+    for name in ("loc", "log_scale"):
+        torch.testing.assert_close(getattr(smoothed, name).grad, getattr(under_v, name).grad,
+                                   rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(getattr(smoothed, name).grad, getattr(plain, name).grad)
+
+
+def test_smoothed_codes_act_only_while_switched_on_recorded_and_learning():
+    smoothed, plain, _ = _smoothed_codes_objectives()
+    idx = torch.tensor([2, 3])
+    assert smoothed.codes_smoothed()
+    with torch.no_grad():
+        assert not smoothed.codes_smoothed() and smoothed(None, idx).passes == 2
+    smoothed.smooth_codes = False
+    assert smoothed(None, idx).passes == 2
+    smoothed.smooth_codes = True
+    smoothed.loc.requires_grad_(False)
+    smoothed.log_scale.requires_grad_(False)
+    assert not smoothed.codes_smoothed() and smoothed(None, idx).passes == 2
+    assert plain.code_mass is None and not plain.codes_smoothed()
+
+
+def test_smoothed_codes_need_one_draw_and_weights_of_the_right_shape():
+    with pytest.raises(ValueError, match="takes one draw per code; got n_samples=2"):
+        _codes_objective_with(n_samples=2, code_weights=sparse.identity(40, format="csr"))
+    with pytest.raises(ValueError, match=r"code_weights must have the shape of weights, \(40, 40\)"):
+        _codes_objective_with(code_weights=sparse.identity(39, format="csr"))

@@ -79,6 +79,11 @@ def fit(args) -> tuple[dict, bool]:
         if methods.family(args.method) != "mapa":
             raise ValueError(f"--code-tying ties MAPA's Gaussian codes; {args.method} has none")
         extra["code_tying"] = args.code_tying
+    if args.code_smoothing is not None:
+        if methods.family(args.method) != "mapa":
+            raise ValueError(f"--code-smoothing smooths the targets of MAPA's Gaussian codes; "
+                             f"{args.method} has none")
+        extra["code_smoothing"] = args.code_smoothing or None  # 0: off
     if args.code_freeze_at is not None:
         if methods.family(args.method) != "mapa":
             raise ValueError(f"--code-freeze-at fixes MAPA's Gaussian codes; {args.method} has "
@@ -224,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's Gaussian codes: from half-way through training, pull each "
                         "drawn code toward its 5 nearest training points' mean code with this "
                         "strength (default 1 above two latent dimensions, 0 below; 0: free codes)")
+    p.add_argument("--code-smoothing", type=float, default=None, metavar="K",
+                   help="MAPA's Gaussian codes: from half-way through training until they are "
+                        "fixed, each code learns from the targets of MAPA's weights at K "
+                        "effective neighbours, the decoder from its own, at a second decoder "
+                        "pass per index (default 1.25 above two latent dimensions; 0: off)")
     p.add_argument("--code-freeze-at", type=float, default=None, metavar="SHARE",
                    help="MAPA's Gaussian codes: fixed after this share of the steps, the "
                         "decoder training on (default 0.75 above two latent dimensions, 1 "

@@ -37,8 +37,8 @@ from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPAB
                          PriorProposalBound)
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
-from .schedules import (AggressiveEncoder, AttachmentUpdates, CodeFreezing, CodeTying,
-                        LoggedDiagnostics)
+from .schedules import (AggressiveEncoder, AttachmentUpdates, CodeFreezing, CodeSmoothing,
+                        CodeTying, LoggedDiagnostics)
 from .trainer import Trainer, TrainingConfig, TrainingSettings
 from .validation import as_data, check_non_negative_int, check_positive_int
 
@@ -425,6 +425,17 @@ class MAPADensity(_LatentDensity):
         Per-index codes over-fit late in training; docs/gaussian_codes.md has what it measured
         on digits. ``"auto"``: 1 for Gaussian codes above two latent dimensions (where they are
         the default), else 0; 0 leaves the codes free.
+    code_smoothing : "auto", float or None, default="auto"
+        Gaussian codes: ``K ≥ 1``. From half-way through training (until the codes are fixed),
+        each code learns, with the decoder held fixed, from the targets of MAPA's weights at the
+        width giving the median training row ``K`` effective neighbours, while the decoder and
+        ``σ`` still learn from the bound's own targets; a regulariser of the codes, at a second
+        decoder pass per index while it acts
+        (:class:`~mapa_vae.objectives.GaussianCodesBound`). It acts only where ``K`` smooths
+        more than the training weights do. ``"auto"``: 1.25 (the ceiling of
+        ``effective_neighbours="auto"``) for Gaussian codes above two latent dimensions with
+        MAPA's weights and one draw per code, else ``None`` (the codes learn from the bound's
+        targets throughout). docs/gaussian_codes.md has what it measured on digits.
     code_freeze_at : "auto" or float, default="auto"
         Gaussian codes: the share of the steps after which the codes stay fixed and the decoder
         and ``σ`` alone train on (1: the codes learn throughout). An early stop of the codes
@@ -477,7 +488,8 @@ class MAPADensity(_LatentDensity):
                  init="auto", pilot_steps=200, project_every=50, reattach_every=500,
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
-                 code_tying="auto", code_freeze_at="auto", dtype="float32"):
+                 code_tying="auto", code_smoothing="auto", code_freeze_at="auto",
+                 dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -502,6 +514,19 @@ class MAPADensity(_LatentDensity):
         if not ((isinstance(tying, str) and tying == "auto")
                 or (_finite_number(tying) and tying >= 0)):
             raise ValueError(f"code_tying must be 'auto' or a non-negative number, got {tying!r}")
+        smoothing = self.code_smoothing
+        if not (smoothing is None or (isinstance(smoothing, str) and smoothing == "auto")
+                or (_finite_number(smoothing) and smoothing >= 1)):
+            raise ValueError(f"code_smoothing must be 'auto', None or a number of effective "
+                             f"neighbours of at least 1, got {smoothing!r}")
+        if self._code_smoothing() is not None:
+            if self._codes() == "atoms":
+                raise ValueError("code_smoothing smooths the targets of Gaussian codes; the "
+                                 "atoms (codes='atoms', the default up to two latent dimensions) "
+                                 "take none: set codes='gaussian' or code_smoothing=None")
+            if int(self.importance_samples) > 1:
+                raise ValueError("code_smoothing takes one draw per code; set "
+                                 "importance_samples=1 or code_smoothing=None")
         if self._code_tying() and self._codes() == "atoms":
             raise ValueError("code_tying ties Gaussian codes; the atoms (codes='atoms', the "
                              "default up to two latent dimensions) take none: set "
@@ -583,6 +608,31 @@ class MAPADensity(_LatentDensity):
             return float(self.code_tying)
         return 1.0 if self._gaussian_above_two() else 0.0
 
+    def _code_smoothing(self) -> float | None:
+        """``code_smoothing`` with ``"auto"`` resolved: 1.25 effective neighbours for Gaussian
+        codes above two latent dimensions with MAPA's weights and one draw per code, else
+        ``None``."""
+        if self.code_smoothing != "auto":
+            return None if self.code_smoothing is None else float(self.code_smoothing)
+        if (self._gaussian_above_two() and self.weights == "mapa"
+                and int(self.importance_samples) == 1):
+            return MAX_NEIGHBOURS_ABOVE_2D
+        return None
+
+    def _code_weights(self, setup) -> sparse.csr_matrix | None:
+        """MAPA's weights at ``code_smoothing`` effective neighbours in MAPA's representation,
+        where they smooth more than the training weights: a kernel more than 1% wider. (Widths
+        set by effective neighbours are roots found by bisection, so the same target reached
+        twice, say by the ceiling of the leave-one-out width, gives two widths a hair apart.)
+        Else ``None``."""
+        target = self._code_smoothing()
+        if target is None:
+            return None
+        smoother = MAPAPosterior(n_neighbors=self.n_neighbors,
+                                 effective_neighbours=target).fit(setup.representation)
+        current = 0.0 if self.weights == "identity" else setup.mapa.bandwidth_
+        return smoother.weights_ if smoother.bandwidth_ > 1.01 * current else None
+
     def _code_freeze_at(self) -> float:
         """``code_freeze_at`` with ``"auto"`` resolved: 0.75 for Gaussian codes above two
         latent dimensions, else 1."""
@@ -619,11 +669,13 @@ class MAPADensity(_LatentDensity):
         neighbours = code_neighbours(setup.representation) if self._code_tying() else None
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / learning_rate,
-                                  n_samples=int(self.importance_samples), neighbours=neighbours)
+                                  n_samples=int(self.importance_samples), neighbours=neighbours,
+                                  code_weights=self._code_weights(setup))
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
-        with ``code_tying``, the codes tied from half-way through the steps; with
+        with ``code_tying``, the codes tied from half-way through the steps; with code weights
+        (``code_smoothing``), the codes' smoother targets from half-way; with
         ``code_freeze_at`` below 1, the codes fixed from that share of the steps."""
         callbacks = [LoggedDiagnostics(objective.diagnostics)]
         if isinstance(objective, MAPABound):
@@ -633,6 +685,8 @@ class MAPADensity(_LatentDensity):
             strength = self._code_tying()
             if strength:
                 callbacks.append(CodeTying(objective, strength, int(self.steps) // 2))
+            if objective.code_mass is not None:
+                callbacks.append(CodeSmoothing(objective, int(self.steps) // 2))
             share = self._code_freeze_at()
             if share < 1:
                 callbacks.append(CodeFreezing(objective, int(int(self.steps) * share)))

@@ -100,6 +100,13 @@ class Objective(nn.Module):
 DIAGNOSTIC_POINTS = 256  # training points whose gap the history tracks, beyond which a subset
 
 
+def _mass_and_targets(W: sparse.csr_matrix, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``m_n = Σ_i W_in`` and ``x̄_n = Σ_i W_in x_i / m_n`` (``x̄_n = 0`` where ``m_n = 0``)."""
+    mass = np.asarray(W.sum(axis=0)).ravel()
+    safe = np.where(mass > 0, mass, 1.0)
+    return mass, np.asarray(W.T @ X) / safe[:, None]
+
+
 def _register_targets(objective: Objective, weights, X: np.ndarray,
                       dtype: torch.dtype = torch.float32) -> sparse.csr_matrix:
     """Keep on ``objective`` what the data contribute to a bound with fixed index posterior
@@ -107,9 +114,7 @@ def _register_targets(objective: Objective, weights, X: np.ndarray,
     ``spread`` (``c_n = Σ_i W_in ‖x_i − x̄_n‖²``), ``weights`` (``W`` as CSR, float64) and ``X``
     (float64). Returns ``W``."""
     W = sparse.csr_matrix(weights, dtype=np.float64)
-    mass = np.asarray(W.sum(axis=0)).ravel()
-    safe = np.where(mass > 0, mass, 1.0)
-    xbar = np.asarray(W.T @ X) / safe[:, None]
+    mass, xbar = _mass_and_targets(W, X)
     spread = np.asarray(W.T @ (X**2).sum(axis=1)).ravel() - mass * (xbar**2).sum(axis=1)
     objective.register_buffer("mass", torch.tensor(mass, dtype=dtype))
     objective.register_buffer("xbar", torch.tensor(xbar, dtype=dtype))
@@ -284,6 +289,19 @@ class GaussianCodesBound(Objective):
     KL pulls it toward 0). The penalty is a regulariser, not part of the bound; the per-point
     bound and the diagnostics leave it out.
 
+    **Smoothing the codes' targets** (``code_weights = V``, a row-stochastic matrix smoother than
+    ``W``, switched on during training by :class:`~mapa_vae.schedules.CodeSmoothing`). The
+    decoder and ``σ`` follow the bound's gradient; each code follows, with the decoder held
+    fixed, the gradient of its term under ``V`` instead of ``W``:
+
+        ∇_{μ_n, s_n} E_{N_n}[−m'_n ‖x̄'_n − f(z)‖² / (2σ²)] − m'_n KL(N_n ‖ p),
+
+    ``m'_n`` and ``x̄'_n`` the mass and target of ``n`` under ``V``. So a code must also explain
+    its kernel neighbours, as an encoder maps similar points to similar codes, while the
+    decoder still fits the unblurred targets. The estimate's value stays the bound's; the
+    codes' part costs a second decoder pass per index (``2B`` passes per step) while it acts.
+    One draw per code only (``n_samples = 1``).
+
     ``loc`` and ``scale`` (shape ``(N, d)``) initialise ``μ`` and ``s``; ``code_lr_scale``
     multiplies the learning rate of the codes (each is updated only when its index is drawn).
     """
@@ -294,6 +312,7 @@ class GaussianCodesBound(Objective):
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
                  loc: np.ndarray, scale: np.ndarray, code_lr_scale: float = 1.0,
                  n_samples: int = 1, neighbours: np.ndarray | None = None,
+                 code_weights: sparse.spmatrix | None = None,
                  dtype: torch.dtype = torch.float32):
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
@@ -318,6 +337,20 @@ class GaussianCodesBound(Objective):
             neighbours = torch.as_tensor(neighbours, dtype=torch.long)
         self.register_buffer("neighbours", neighbours, persistent=False)  # data-only, rebuilt
         self.tie_strength = 0.0
+        code_mass = code_xbar = None
+        if code_weights is not None:
+            if self.n_samples != 1:
+                raise ValueError(f"smoothing the codes' targets takes one draw per code; got "
+                                 f"n_samples={self.n_samples}")
+            V = sparse.csr_matrix(code_weights, dtype=np.float64)
+            if V.shape != W.shape:
+                raise ValueError(f"code_weights must have the shape of weights, {W.shape}, got "
+                                 f"{V.shape}")
+            code_mass, code_xbar = (torch.tensor(a, dtype=dtype) for a in
+                                    _mass_and_targets(V, self.X))
+        self.register_buffer("code_mass", code_mass, persistent=False)  # data-only, rebuilt
+        self.register_buffer("code_xbar", code_xbar, persistent=False)
+        self.smooth_codes = False
 
     def parameter_groups(self) -> list[dict]:
         return self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
@@ -347,8 +380,24 @@ class GaussianCodesBound(Objective):
     def terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``T_n``, one draw per index: ``Σ_i W_in log N(x_i; f(z_n), σ²I) − m_n KL(N_n ‖ p)``."""
         z, neg_kl = self.codes(idx, eps)
-        mean = self.model.decoder(z)
-        return _smoothed_log_lik(self, idx, mean) + self.mass[idx] * neg_kl
+        if not self.codes_smoothed():
+            mean = self.model.decoder(z)
+            return _smoothed_log_lik(self, idx, mean) + self.mass[idx] * neg_kl
+        bound = (_smoothed_log_lik(self, idx, self.model.decoder(z.detach()))
+                 + self.mass[idx] * neg_kl.detach())
+        fixed = {name: p.detach() for name, p in self.model.decoder.named_parameters()}
+        mean = torch.func.functional_call(self.model.decoder, fixed, (z,))
+        sigma = self.model.likelihood.sigma.detach()
+        m = self.code_mass[idx]
+        codes_term = m * (neg_kl - 0.5 * (self.code_xbar[idx] - mean).square().sum(-1) / sigma**2)
+        return bound + (codes_term - codes_term.detach())  # the bound's value, V's code gradient
+
+    def codes_smoothed(self) -> bool:
+        """Whether :meth:`terms` now gives the codes the gradient of the smoother targets: asked
+        for (``smooth_codes``, with ``code_weights``), the codes still learning, and gradients
+        being recorded."""
+        return (self.smooth_codes and self.code_mass is not None and self.loc.requires_grad
+                and torch.is_grad_enabled())
 
     def importance_terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``m_n log (1/K) Σ_k exp(g_n(z_k) + log p(z_k) − log N_n(z_k))`` for the ``K`` draws
@@ -379,10 +428,11 @@ class GaussianCodesBound(Objective):
     def forward(self, x, idx) -> BoundEstimate:
         b, d = idx.shape[0], self.loc.shape[1]
         eps = batch_normal((self.n_samples, b, d), self.loc.dtype, self.loc.device, batch_dim=1)
+        passes = (2 if self.codes_smoothed() else self.n_samples) * b
         value = self.bound_terms(idx, eps).mean()
         if self.tie_strength:
             value = value - self.tie_strength * self.tie_penalty(idx)
-        return BoundEstimate(value, passes=self.n_samples * b)
+        return BoundEstimate(value, passes=passes)
 
     @torch.no_grad()
     def per_point(self, points: np.ndarray | None = None, n_samples: int = 1,

@@ -155,6 +155,18 @@ class CodeTying(StepCallback):
         self.objective.tie_strength = self.strength if context.step >= self.start else 0.0
 
 
+class CodeSmoothing(StepCallback):
+    """From step ``start`` on, the Gaussian codes learn from the smoother targets of the
+    objective's ``code_weights`` (``smooth_codes``), the decoder from the bound's own. Follows
+    the step count, so a resumed run switches at the same step."""
+
+    def __init__(self, objective, start: int):
+        self.objective, self.start = objective, int(start)
+
+    def before_step(self, context: StepContext) -> None:
+        self.objective.smooth_codes = context.step >= self.start
+
+
 class CodeFreezing(StepCallback):
     """From step ``start`` on, the Gaussian codes (``loc``, ``log_scale``) stay where they are:
     no gradient reaches them, so the optimiser leaves them, and the decoder and ``σ`` alone
