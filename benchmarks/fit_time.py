@@ -8,6 +8,7 @@ Prints the fit's wall seconds (``make_estimator(...).fit(X)``, setup included, o
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,19 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--extra", nargs="+", default=[], metavar="NAME=VALUE",
+                        help="further estimator settings, VALUE as JSON where it parses "
+                             "(e.g. code_smoothing=null)")
     args = parser.parse_args(argv)
+    extra = {}
+    for item in args.extra:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            parser.error(f"--extra {item}: expected NAME=VALUE")
+        try:
+            extra[name] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[name] = value
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -30,8 +43,9 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)
     X, _ = digits(args.seed)
-    estimator = make_estimator(args.method, **protocol_params(
-        args.method, args.latent_dim, args.seed, args.steps, args.learning_rate))
+    params = protocol_params(args.method, args.latent_dim, args.seed, args.steps,
+                             args.learning_rate)
+    estimator = make_estimator(args.method, **{**params, **extra})
     start = time.perf_counter()
     estimator.fit(X)
     seconds = time.perf_counter() - start
