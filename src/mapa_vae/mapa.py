@@ -132,9 +132,13 @@ class _NegativeLoo:
 
 def effective_neighbour_counts(sqdist: np.ndarray, bandwidth: float) -> np.ndarray:
     """``1 / Σ_n w_n²`` per row of MAPA's weights ``w`` from squared distances ``(n, m)`` (each
-    row's kept entries; ``inf`` marks an absent one)."""
-    w = np.exp(kernel_log_weights(sqdist, bandwidth))
-    return 1.0 / np.einsum("ij,ij->i", w, w)
+    row's kept entries; ``inf`` marks an absent one): with ``e_n = exp(−(d_n² − min d²) / 2h²)``,
+    ``w_n = e_n / Σ e``, so the count is ``(Σ e)² / Σ e²``, one ``exp`` per entry."""
+    e = sqdist - sqdist.min(axis=1, keepdims=True)
+    e *= -0.5 / bandwidth**2
+    np.exp(e, out=e)
+    total = e.sum(axis=1)
+    return total * total / np.einsum("ij,ij->i", e, e)
 
 
 def _bandwidth_for_neighbours(sqdist: np.ndarray, target: float, lo: float, hi: float) -> float:
