@@ -294,7 +294,7 @@ class GaussianCodesBound(Objective):
     decoder and ``σ`` follow the bound's gradient; each code follows, with the decoder held
     fixed, the gradient of its term under ``V`` instead of ``W``:
 
-        ∇_{μ_n, s_n} E_{N_n}[−m'_n ‖x̄'_n − f(z)‖² / (2σ²)] − m'_n KL(N_n ‖ p),
+        ∇_{μ_n, s_n} { E_{N_n}[−m'_n ‖x̄'_n − f(z)‖² / (2σ²)] − m'_n KL(N_n ‖ p) },
 
     ``m'_n`` and ``x̄'_n`` the mass and target of ``n`` under ``V``. So a code must also explain
     its kernel neighbours, as an encoder maps similar points to similar codes, while the
@@ -378,7 +378,9 @@ class GaussianCodesBound(Objective):
         return torch.sigmoid(u), (F.logsigmoid(u) + F.logsigmoid(-u)).sum(-1)
 
     def terms(self, idx: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """``T_n``, one draw per index: ``Σ_i W_in log N(x_i; f(z_n), σ²I) − m_n KL(N_n ‖ p)``."""
+        """``T_n``, one draw per index: ``Σ_i W_in log N(x_i; f(z_n), σ²I) − m_n KL(N_n ‖ p)``.
+        While :meth:`codes_smoothed`, the same value, with the codes' gradient that of their terms
+        under ``code_weights`` (the decoder held fixed: a second pass)."""
         z, neg_kl = self.codes(idx, eps)
         if not self.codes_smoothed():
             mean = self.model.decoder(z)
