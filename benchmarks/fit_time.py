@@ -14,6 +14,21 @@ import time
 from pathlib import Path
 
 
+def parse_settings(items: list[str], parser, option: str) -> dict:
+    """Estimator settings from ``NAME=VALUE`` items, ``VALUE`` as JSON where it parses (else the
+    string); a malformed item is a usage error naming ``option``."""
+    settings = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            parser.error(f"{option} {item}: expected NAME=VALUE")
+        try:
+            settings[name] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[name] = value
+    return settings
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("method")
@@ -25,15 +40,7 @@ def main(argv=None) -> None:
                         help="further estimator settings, VALUE as JSON where it parses "
                              "(e.g. code_smoothing=null)")
     args = parser.parse_args(argv)
-    extra = {}
-    for item in args.extra:
-        name, _, value = item.partition("=")
-        if not name or not value:
-            parser.error(f"--extra {item}: expected NAME=VALUE")
-        try:
-            extra[name] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[name] = value
+    extra = parse_settings(args.extra, parser, "--extra")
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +56,6 @@ def one_run(name: str, latent_dim: int, seed: int, settings: dict) -> dict:
             "seconds": est.setup_seconds_ + est.train_seconds_}
 
 
-def parse_settings(items: list[str], parser) -> dict:
-    settings = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if not name or not value:
-            parser.error(f"--compare {item}: expected NAME=VALUE")
-        try:
-            settings[name] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[name] = value
-    return settings
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=DATASETS, default="cancer")
@@ -78,7 +66,10 @@ def main(argv=None) -> None:
                              "where it parses)")
     parser.add_argument("--out", default="bench-results/tabular")
     args = parser.parse_args(argv)
-    compare = parse_settings(args.compare, parser)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fit_time import parse_settings
+
+    compare = parse_settings(args.compare, parser, "--compare")
     runs = [one_run(args.dataset, d, s, settings) for d in args.latent_dims
             for s in range(args.seeds) for settings in ({}, compare)]
     out = Path(args.out)
