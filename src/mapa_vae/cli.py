@@ -44,6 +44,18 @@ def _print_summary(summary: dict, out: str) -> None:
     print(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'mapa.png'}")
 
 
+#: ``fit``'s options that only MAPA takes, passed to it as settings of the same name, and what
+#: each does (for the error when another method is asked for).
+_MAPA_SETTINGS = {
+    "effective_neighbours": "sets MAPA's kernel width",
+    "code_learning_rate": "sets the rate of MAPA's codes",
+    "importance_samples": "sets the draws of MAPA's Gaussian codes",
+    "code_tying": "ties MAPA's Gaussian codes",
+    "code_smoothing": "smooths the targets of MAPA's Gaussian codes",
+    "code_freeze_at": "fixes MAPA's Gaussian codes",
+}
+
+
 def fit(args) -> tuple[dict, bool]:
     """Train one method on a ground truth; write metrics, history, checkpoint and a figure. In a
     distributed fit every rank trains the same model and rank 0 alone writes and reports."""
@@ -60,35 +72,15 @@ def fit(args) -> tuple[dict, bool]:
                                 learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                                 log_every=min(args.log_every, args.steps))
     extra = {}
-    if args.effective_neighbours is not None:
+    for name, what in _MAPA_SETTINGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
         if methods.family(args.method) != "mapa":
-            raise ValueError(f"--effective-neighbours sets MAPA's kernel width; {args.method} "
-                             f"has no kernel")
-        extra["effective_neighbours"] = args.effective_neighbours
-    if args.code_learning_rate is not None:
-        if methods.family(args.method) != "mapa":
-            raise ValueError(f"--code-learning-rate sets the rate of MAPA's codes; "
-                             f"{args.method} has none")
-        extra["code_learning_rate"] = args.code_learning_rate
-    if args.importance_samples is not None:
-        if methods.family(args.method) != "mapa":
-            raise ValueError(f"--importance-samples sets the draws of MAPA's Gaussian codes; "
-                             f"{args.method} has none")
-        extra["importance_samples"] = args.importance_samples
-    if args.code_tying is not None:
-        if methods.family(args.method) != "mapa":
-            raise ValueError(f"--code-tying ties MAPA's Gaussian codes; {args.method} has none")
-        extra["code_tying"] = args.code_tying
-    if args.code_smoothing is not None:
-        if methods.family(args.method) != "mapa":
-            raise ValueError(f"--code-smoothing smooths the targets of MAPA's Gaussian codes; "
-                             f"{args.method} has none")
-        extra["code_smoothing"] = args.code_smoothing or None  # 0: off
-    if args.code_freeze_at is not None:
-        if methods.family(args.method) != "mapa":
-            raise ValueError(f"--code-freeze-at fixes MAPA's Gaussian codes; {args.method} has "
-                             f"none")
-        extra["code_freeze_at"] = args.code_freeze_at
+            flag = "--" + name.replace("_", "-")
+            lacks = "has no kernel" if name == "effective_neighbours" else "has none"
+            raise ValueError(f"{flag} {what}; {args.method} {lacks}")
+        extra[name] = (value or None) if name == "code_smoothing" else value  # 0: off
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        n_train_kl=args.train_kl, training=training,
