@@ -499,11 +499,9 @@ class MAPADensity(_LatentDensity):
             raise ValueError(f"codes must be 'auto', 'gaussian' or 'atoms', got {self.codes!r}")
         if self.weights not in ("mapa", "identity"):
             raise ValueError(f"weights must be 'mapa' or 'identity', got {self.weights!r}")
-        if check_positive_int(self.importance_samples, "importance_samples") > 1 \
-                and self._codes() == "atoms":
-            raise ValueError("importance_samples draws Gaussian codes; the atoms (codes='atoms',"
-                             " the default up to two latent dimensions) take none: set "
-                             "codes='gaussian' or leave importance_samples at 1")
+        if check_positive_int(self.importance_samples, "importance_samples") > 1:
+            self._gaussian_codes_only("importance_samples", "draws Gaussian codes",
+                                      "leave importance_samples at 1")
         for name in ("code_learning_rate", "code_scale"):
             value = getattr(self, name)
             if value is None and name == "code_learning_rate":
@@ -520,26 +518,28 @@ class MAPADensity(_LatentDensity):
             raise ValueError(f"code_smoothing must be 'auto', None or a number of effective "
                              f"neighbours of at least 1, got {smoothing!r}")
         if self._code_smoothing() is not None:
-            if self._codes() == "atoms":
-                raise ValueError("code_smoothing smooths the targets of Gaussian codes; the "
-                                 "atoms (codes='atoms', the default up to two latent dimensions) "
-                                 "take none: set codes='gaussian' or code_smoothing=None")
+            self._gaussian_codes_only("code_smoothing", "smooths the targets of Gaussian codes",
+                                      "code_smoothing=None")
             if int(self.importance_samples) > 1:
                 raise ValueError("code_smoothing takes one draw per code; set "
                                  "importance_samples=1 or code_smoothing=None")
-        if self._code_tying() and self._codes() == "atoms":
-            raise ValueError("code_tying ties Gaussian codes; the atoms (codes='atoms', the "
-                             "default up to two latent dimensions) take none: set "
-                             "codes='gaussian' or leave code_tying at 0")
+        if self._code_tying():
+            self._gaussian_codes_only("code_tying", "ties Gaussian codes", "leave code_tying at 0")
         freeze = self.code_freeze_at
         if not ((isinstance(freeze, str) and freeze == "auto")
                 or (_finite_number(freeze) and 0 < freeze <= 1)):
             raise ValueError(f"code_freeze_at must be 'auto' or a share of the steps in (0, 1], "
                              f"got {freeze!r}")
-        if self._code_freeze_at() < 1 and self._codes() == "atoms":
-            raise ValueError("code_freeze_at fixes Gaussian codes; the atoms (codes='atoms', the "
-                             "default up to two latent dimensions) take none: set "
-                             "codes='gaussian' or leave code_freeze_at at 1")
+        if self._code_freeze_at() < 1:
+            self._gaussian_codes_only("code_freeze_at", "fixes Gaussian codes",
+                                      "leave code_freeze_at at 1")
+
+    def _gaussian_codes_only(self, setting: str, what: str, off: str) -> None:
+        """Refuses ``setting`` (which ``what``) where the codes are atoms, which take none;
+        ``off`` says how to leave it out."""
+        if self._codes() == "atoms":
+            raise ValueError(f"{setting} {what}; the atoms (codes='atoms', the default up to two "
+                             f"latent dimensions) take none: set codes='gaussian' or {off}")
 
     def _setup(self, X, seed: int, monitor=None, resume: bool = False) -> Trainer:
         """MAPA's setup (:func:`~mapa_vae.mapa_setup.prepare`, kept as ``features_`` and
@@ -597,7 +597,7 @@ class MAPADensity(_LatentDensity):
 
     def _gaussian_above_two(self) -> bool:
         """Gaussian codes above two latent dimensions: where the codes' late regularisers
-        (``code_tying``, ``code_freeze_at``) act by default."""
+        (``code_tying``, ``code_smoothing``, ``code_freeze_at``) act by default."""
         above = check_positive_int(self.latent_dim, "latent_dim") > 2
         return above and self._codes() == "gaussian"
 
