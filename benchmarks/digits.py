@@ -5,7 +5,8 @@ variants) against the VAE and IWAE (S = 10) on the same decoder, optimiser, batc
                                  [--features auto] [--methods mapa mapa-identity vae iwae]
                                  [--learning-rate METHOD=RATE ...]
                                  [--extra METHOD:NAME=VALUE ...] [--effective-neighbours K]
-                                 [--select-width K ...] [--split 0] [--anneal-steps 100]
+                                 [--select-width K ... | --select NAME VALUE ... | JSON ...]
+                                 [--split 0] [--anneal-steps 100]
                                  [--train-score N]
                                  [--out bench-results/digits]
 
@@ -23,7 +24,10 @@ bandwidth chosen by leave-one-out unless ``--extra mapa:bandwidth=H`` sets it,
 ``--effective-neighbours K`` chooses it from the training images alone (MAPA's
 ``effective_neighbours``: the median row has ``K`` effective neighbours) or
 ``--select-width K ...`` chooses ``K`` among candidates by the log-likelihood of 10% of the
-training images held out (:func:`select_width`). Methods: ``mapa`` (a permutation of fixed atoms up
+training images held out (:func:`select_setting`; ``--select NAME VALUE ...`` chooses any
+other MAPA setting the same way, values as JSON where they parse, and ``--select JSON ...``
+among whole sets of settings, e.g. ``'{}' '{"code_learning_rate": 1, "code_freeze_at": 1}'``).
+Methods: ``mapa`` (a permutation of fixed atoms up
 to ``d_z = 2``, learned Gaussian codes above), ``mapa-gaussian`` and ``mapa-atoms`` (either codes
 at any ``d_z``), ``mapa-identity`` (``mapa`` trained with ``W = I``, no kernel), ``vae``, ``iwae``
 (S = 10).
@@ -173,25 +177,24 @@ def held_out_log_likelihood(est, X: np.ndarray, seed: int, n_samples: int) -> np
     return est.log_likelihood(X, n_samples=n_samples, random_state=seed).log_prob
 
 
-def select_width(estimator, X: np.ndarray, candidates: list[float], seed: int,
-                 held_out: float = 0.1, n_samples: int = 500):
-    """MAPA's kernel width chosen on images held out of the training set, by scikit-learn's
-    ``GridSearchCV`` over ``effective_neighbours`` (``0`` in ``candidates``: leave-one-out)
-    with one seeded split: a share ``held_out`` of ``X`` is scored by the one evaluator
-    (``n_samples`` per image; quadrature up to ``d_z = 2``) after a fit on the rest with the
-    protocol's settings; the best is refitted on all of ``X``. Returns the search
-    (:func:`select_width.width_search`)."""
-    from select_width import width_search
+def select_setting(estimator, X: np.ndarray, candidates: list[dict], seed: int,
+                   held_out: float = 0.1, n_samples: int = 500):
+    """MAPA's settings chosen on images held out of the training set, by scikit-learn's
+    ``GridSearchCV`` over ``candidates`` (dicts of settings) with one seeded split: a share
+    ``held_out`` of ``X`` is scored by the one evaluator (``n_samples`` per image; quadrature up
+    to ``d_z = 2``) after a fit on the rest with the protocol's settings; the best is refitted
+    on all of ``X``. Returns the search (:func:`select_setting.setting_search`)."""
+    from select_setting import setting_search
 
     def held_out_score(est, X_held, y=None):
         return float(held_out_log_likelihood(est, X_held, seed, n_samples).mean())
 
-    return width_search(estimator, X, candidates, seed, held_out, scoring=held_out_score)
+    return setting_search(estimator, X, candidates, seed, held_out, scoring=held_out_score)
 
 
 def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int | str,
             learning_rate: float, extra: dict | None = None, evaluator: str = "one",
-            neighbours: float = 0, width_candidates: list[float] | None = None,
+            neighbours: float = 0, candidates: list[dict] | None = None,
             split: int = 0, anneal_steps: int = 100, train_score: int = 0) -> dict:
     import torch
 
@@ -206,14 +209,14 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int |
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # a first use imports: not the fit's
     selection = None
     start = time.perf_counter()
-    if family(method) == "mapa" and width_candidates:
-        search = select_width(make_estimator(method, **params), X, width_candidates, seed)
+    if family(method) == "mapa" and candidates:
+        from select_setting import candidate_text, held_out_scores
+
+        search = select_setting(make_estimator(method, **params), X, candidates, seed)
         est = search.best_estimator_
-        results = search.cv_results_
-        selection = {"chosen": est.effective_neighbours or 0,
+        selection = {"chosen": candidate_text(search.best_params_),
                      "seconds": time.perf_counter() - start - search.refit_time_,
-                     "held_out": {str(k or 0): float(v) for k, v in zip(
-                         results["param_effective_neighbours"], results["mean_test_score"])}}
+                     "held_out": held_out_scores(search)}
     else:
         est = make_estimator(method, **params).fit(X)
     wall = time.perf_counter() - start if selection is None else search.refit_time_
@@ -223,7 +226,7 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int |
            "passes_per_step": est.passes_per_step_, "total_passes": est.total_passes_,
            "seconds": est.setup_seconds_ + est.train_seconds_, "fit_wall_seconds": wall}
     if selection:
-        row["width_selection"] = selection
+        row["selection"] = selection
     if evaluator == "fitted-gaussian":
         fitted = fitted_gaussian_log_likelihood(est.model_, X_test, seed)
         row["fitted_gaussian"] = {
@@ -395,20 +398,20 @@ def summary(rows: list[dict], args) -> str:
                     f"± {np.median([r['train_log_likelihood_se'] for r in group]):.1f} | "
                     f"{np.median(test):.1f} | {np.median(gap):.1f} "
                     f"[{min(gap):.1f}, {max(gap):.1f}] |")
-    selected = [r for r in rows if "width_selection" in r]
+    selected = [r for r in rows if "selection" in r]
     if selected:
-        lines += ["", "MAPA's kernel width chosen on 10% of the training images held out (fits on "
-                      "the rest, the same protocol): per seed the chosen effective-neighbour "
-                      "count K (0: leave-one-out) and, per candidate, the held-out mean "
-                      "log-likelihood; the selection's seconds (the refit on all images is "
-                      "the run's fit).", "",
-                  "| latent dim | method | seed | chosen K | held-out log-likelihood by K | "
+        lines += ["", "MAPA's settings chosen on 10% of the training images held out (fits on "
+                      "the rest, the same protocol): per seed the chosen candidate (`None`: "
+                      "the setting's own rule, for the width leave-one-out; `{}`: the "
+                      "defaults) and, per candidate, the held-out mean log-likelihood; the "
+                      "selection's seconds (the refit on all images is the run's fit).", "",
+                  "| latent dim | method | seed | chosen | held-out log-likelihood by candidate | "
                   "selection s |", "|---|---|---|---|---|---|"]
         for r in selected:
-            sel = r["width_selection"]
+            sel = r["selection"]
             scores = ", ".join(f"{k}: {v:.1f}" for k, v in sel["held_out"].items())
             lines.append(f"| {r['latent_dim']} | {r['method']} | {r['seed']} | "
-                         f"{sel['chosen']:g} | {scores} | {sel['seconds']:.0f} |")
+                         f"{sel['chosen']} | {scores} | {sel['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -445,6 +448,11 @@ def main() -> None:
                         help="choose MAPA's kernel width among these effective-neighbour counts "
                              "(0: leave-one-out) by the log-likelihood of 10%% of the training "
                              "images held out, fits on the rest; then refit on all")
+    parser.add_argument("--select", nargs="+", default=None, metavar="NAME VALUE | JSON",
+                        help="choose one MAPA setting NAME among the VALUEs (JSON where they "
+                             "parse, e.g. null for the default) as --select-width chooses the "
+                             "width, e.g. --select code_learning_rate null 0.3 1; or among "
+                             "sets of settings given as JSON objects ({} the defaults)")
     parser.add_argument("--train-score", type=int, default=0, metavar="N",
                         help="also score the first N training images (quadrature up to "
                              "d_z = 2, importance sampling from fitted proposals above): the "
@@ -452,12 +460,23 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/digits")
     args = parser.parse_args()
     from mapa_vae.methods import METHODS as ALL_METHODS
+    from select_setting import candidates_from
 
     if not 0 <= args.train_score <= 1500:
         parser.error(f"--train-score {args.train_score}: expected 0 to 1500 (the training images)")
     if args.train_score and args.evaluator != "one":
         parser.error("--train-score scores by the default evaluator: leave out --evaluator")
-    if args.select_width and args.effective_neighbours:
+    if args.select_width and args.select:
+        parser.error("--select-width is --select effective_neighbours: give one of them")
+    if args.select_width:
+        args.select = ["effective_neighbours"] + [str(k or "null") for k in args.select_width]
+    candidates = None
+    if args.select:
+        try:
+            candidates = candidates_from(args.select)
+        except ValueError as error:
+            parser.error(f"--select: {error}")
+    if args.effective_neighbours and any("effective_neighbours" in c for c in candidates or []):
         parser.error("--select-width chooses the width: leave out --effective-neighbours")
     args.rates = {m: ALL_METHODS[m].learning_rate for m in args.methods}
     for item in args.learning_rate:
@@ -477,7 +496,7 @@ def main() -> None:
         extras[method][name] = json.loads(value) if value[0] in "0123456789-[{tfn" else value
     args.extras = extras
     jobs = [(m, d, s, args.steps, args.features, args.rates[m], extras[m], args.evaluator,
-             args.effective_neighbours, args.select_width, args.split, args.anneal_steps,
+             args.effective_neighbours, candidates, args.split, args.anneal_steps,
              args.train_score)
             for d in args.latent_dims for m in args.methods for s in range(args.seeds)]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

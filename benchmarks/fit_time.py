@@ -14,18 +14,24 @@ import time
 from pathlib import Path
 
 
+def parse_value(text: str):
+    """A setting's value from the command line: JSON where it parses (``null``, numbers,
+    lists), else the string itself (``auto``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_settings(items: list[str], parser, option: str) -> dict:
-    """Estimator settings from ``NAME=VALUE`` items, ``VALUE`` as JSON where it parses (else the
-    string); a malformed item is a usage error naming ``option``."""
+    """Estimator settings from ``NAME=VALUE`` items (:func:`parse_value`); a malformed item is a
+    usage error naming ``option``."""
     settings = {}
     for item in items:
         name, _, value = item.partition("=")
         if not name or not value:
             parser.error(f"{option} {item}: expected NAME=VALUE")
-        try:
-            settings[name] = json.loads(value)
-        except json.JSONDecodeError:
-            settings[name] = value
+        settings[name] = parse_value(value)
     return settings
 
 
