@@ -57,7 +57,8 @@ def one_run(method: str, latent_dim: int, seed: int, strength: float,
             sigma_scales: list[float], scored: int = 297) -> dict:
     import torch
 
-    from digits import digits, held_out_log_likelihood, protocol_params
+    from digits import digits, protocol_params
+    from select_setting import held_out_log_likelihood
     from mapa_vae.methods import make_estimator
 
     torch.set_num_threads(1)

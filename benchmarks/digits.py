@@ -170,13 +170,6 @@ def fitted_gaussian_log_likelihood(model, X: np.ndarray, seed: int, fit_steps: i
     return importance_log_marginal(decode, prior, sigma, X, draw, n_samples, seed)
 
 
-def held_out_log_likelihood(est, X: np.ndarray, seed: int, n_samples: int) -> np.ndarray:
-    """``log p_θ(x)`` per row: quadrature up to ``d_z = 2``, the one evaluator above."""
-    if est.latent_dim <= 2:
-        return est.score_samples(X)
-    return est.log_likelihood(X, n_samples=n_samples, random_state=seed).log_prob
-
-
 def select_setting(estimator, X: np.ndarray, candidates: list[dict], seed: int,
                    held_out: float = 0.1, n_samples: int = 500):
     """MAPA's settings chosen on images held out of the training set, by scikit-learn's
@@ -184,12 +177,10 @@ def select_setting(estimator, X: np.ndarray, candidates: list[dict], seed: int,
     ``held_out`` of ``X`` is scored by the one evaluator (``n_samples`` per image; quadrature up
     to ``d_z = 2``) after a fit on the rest with the protocol's settings; the best is refitted
     on all of ``X``. Returns the search (:func:`select_setting.setting_search`)."""
-    from select_setting import setting_search
+    from select_setting import evaluator_scoring, setting_search
 
-    def held_out_score(est, X_held, y=None):
-        return float(held_out_log_likelihood(est, X_held, seed, n_samples).mean())
-
-    return setting_search(estimator, X, candidates, seed, held_out, scoring=held_out_score)
+    return setting_search(estimator, X, candidates, seed, held_out,
+                          scoring=evaluator_scoring(seed, n_samples))
 
 
 def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int | str,
@@ -263,6 +254,8 @@ def one_run(method: str, latent_dim: int, seed: int, steps: int, features: int |
             "monte_carlo_se": float(np.sqrt((own.se ** 2).sum()) / len(own.log_prob)),
             "median_ess": float(np.median(own.ess))}
     if train_score:
+        from select_setting import held_out_log_likelihood
+
         fit_log_p = held_out_log_likelihood(est, X[:train_score], seed, 2000)
         row["train_log_likelihood"] = float(fit_log_p.mean())
         row["train_log_likelihood_se"] = float(fit_log_p.std(ddof=1)

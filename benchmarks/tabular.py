@@ -3,14 +3,19 @@ evaluator; for checking a default on data that were not used to choose it:
 
     python3 benchmarks/tabular.py --dataset cancer --latent-dims 16 24 --seeds 3 \\
         --compare code_smoothing=null --out bench-results/tabular-cancer
+    python3 benchmarks/tabular.py --dataset wine --latent-dims 3 6 --seeds 3 \\
+        --select '{}' '{"code_learning_rate": 1, "code_freeze_at": 1}'
 
 Each data set (``cancer``: breast cancer, 569 × 30; ``wine``: 178 × 13; no download) is split
 once (a fifth held out, the split fixed), standardised on its training rows, and fitted by
 ``MAPADensity`` under ``benchmarks/digits.py``'s protocol (decoder ``d_z → 128 → 128 → D``,
 5000 steps of 100, peak rate 0.01, cosine, learned ``σ``) at its defaults and with the
-``--compare`` settings. Writes ``results.json`` (per run: the held-out log-likelihood per row
+``--compare`` settings, or with the settings chosen among the ``--select`` candidates on a tenth
+of the training rows held out (``benchmarks/select_setting.py``; ``{}``: the defaults), then
+refitted on all of them. Writes ``results.json`` (per run: the held-out log-likelihood per row
 from 2000 importance samples of the fitted proposals, its standard error, ``σ``, MAPA's width
-rule) and prints the medians over seeds and the change per seed.
+rule; for a selection, the chosen candidate and each one's held-out score) and prints the medians
+over seeds and the change per seed.
 """
 from __future__ import annotations
 
@@ -39,17 +44,30 @@ def split(name: str):
     return scaler.transform(data[train]), scaler.transform(data[test])
 
 
-def one_run(name: str, latent_dim: int, seed: int, settings: dict) -> dict:
+def one_run(name: str, latent_dim: int, seed: int, settings: dict,
+            candidates: list[dict] | None = None) -> dict:
+    """One fit at ``settings``, or, given ``candidates``, at those chosen among them on held-out
+    training rows (the fit refitted on all of them), scored on the test rows."""
     import torch
 
     from mapa_vae import MAPADensity
+    from select_setting import candidate_text, evaluator_scoring, held_out_scores, setting_search
 
     torch.set_num_threads(1)
     X, X_test = split(name)
     est = MAPADensity(latent_dim=latent_dim, hidden=(128, 128), steps=5000, batch_size=100,
-                      learning_rate=0.01, random_state=seed, **settings).fit(X)
+                      learning_rate=0.01, random_state=seed, **settings)
+    selection = None
+    if candidates:
+        search = setting_search(est, X, candidates, seed, scoring=evaluator_scoring(seed))
+        est = search.best_estimator_
+        selection = {"chosen": candidate_text(search.best_params_),
+                     "held_out": held_out_scores(search)}
+    else:
+        est.fit(X)
     log_p = est.log_likelihood(X_test, n_samples=2000, random_state=seed).log_prob
-    return {"dataset": name, "latent_dim": latent_dim, "seed": seed, "settings": settings,
+    return {"dataset": name, "latent_dim": latent_dim, "seed": seed,
+            "settings": "selected" if candidates else settings, "selection": selection,
             "test_log_likelihood": float(log_p.mean()),
             "test_log_likelihood_se": float(log_p.std(ddof=1) / math.sqrt(len(log_p))),
             "sigma": est.sigma_, "bandwidth_rule": est.mapa_.bandwidth_rule_,
@@ -64,14 +82,28 @@ def main(argv=None) -> None:
     parser.add_argument("--compare", nargs="+", default=[], metavar="NAME=VALUE",
                         help="MAPADensity settings to compare with its defaults (VALUE as JSON "
                              "where it parses)")
+    parser.add_argument("--select", nargs="+", default=None, metavar="JSON",
+                        help="candidate sets of MAPADensity settings as JSON objects ({} the "
+                             "defaults), chosen on held-out training rows, instead of --compare")
     parser.add_argument("--out", default="bench-results/tabular")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     from fit_time import parse_settings
+    from select_setting import candidates_from
 
+    if args.compare and args.select:
+        parser.error("give --compare or --select, not both")
     compare = parse_settings(args.compare, parser, "--compare")
-    runs = [one_run(args.dataset, d, s, settings) for d in args.latent_dims
-            for s in range(args.seeds) for settings in ({}, compare)]
+    candidates = None
+    if args.select:
+        try:
+            candidates = candidates_from(args.select)
+        except ValueError as error:
+            parser.error(f"--select: {error}")
+        compare = "selected"
+    runs = [one_run(args.dataset, d, s, {}, candidates) if settings == "selected"
+            else one_run(args.dataset, d, s, settings)
+            for d in args.latent_dims for s in range(args.seeds) for settings in ({}, compare)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(runs, indent=1))
@@ -84,6 +116,10 @@ def main(argv=None) -> None:
         change = ", ".join(f"{a - b:+.2f}" for a, b in zip(*pair))
         print(f"d_z={d}: defaults {statistics.median(pair[0]):.2f}, compared "
               f"{statistics.median(pair[1]):.2f}; defaults − compared per seed: {change}")
+        for r in runs:
+            if r["latent_dim"] == d and r["selection"]:
+                print(f"  seed {r['seed']}: chose {r['selection']['chosen']}; held-out "
+                      f"{r['selection']['held_out']}")
 
 
 if __name__ == "__main__":

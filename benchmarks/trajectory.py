@@ -45,7 +45,8 @@ def one_run(method: str, latent_dim: int, seed: int, every: int, average_from: l
             n_samples: int, train_images: int) -> dict:
     import torch
 
-    from digits import digits, held_out_log_likelihood, protocol_params
+    from digits import digits, protocol_params
+    from select_setting import held_out_log_likelihood
     from mapa_vae.methods import make_estimator
 
     torch.set_num_threads(1)
