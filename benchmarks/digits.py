@@ -394,15 +394,15 @@ def summary(rows: list[dict], args) -> str:
     selected = [r for r in rows if "selection" in r]
     if selected:
         lines += ["", "MAPA's settings chosen on 10% of the training images held out (fits on "
-                      "the rest, the same protocol): per seed the chosen candidate (`None`: "
-                      "the setting's own rule, for the width leave-one-out; `{}`: the "
-                      "defaults) and, per candidate, the held-out mean log-likelihood; the "
+                      "the rest, the same protocol): per seed the chosen candidate (`null`: "
+                      "the setting's own rule, for the width leave-one-out) and, per "
+                      "candidate, the held-out mean log-likelihood; the "
                       "selection's seconds (the refit on all images is the run's fit).", "",
                   "| latent dim | method | seed | chosen | held-out log-likelihood by candidate | "
                   "selection s |", "|---|---|---|---|---|---|"]
         for r in selected:
             sel = r["selection"]
-            scores = ", ".join(f"{k}: {v:.1f}" for k, v in sel["held_out"].items())
+            scores = "; ".join(f"{k}: {v:.1f}" for k, v in sel["held_out"].items())
             lines.append(f"| {r['latent_dim']} | {r['method']} | {r['seed']} | "
                          f"{sel['chosen']} | {scores} | {sel['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -453,7 +453,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results/digits")
     args = parser.parse_args()
     from mapa_vae.methods import METHODS as ALL_METHODS
-    from select_setting import candidates_from
+    from select_setting import parse_candidates
 
     if not 0 <= args.train_score <= 1500:
         parser.error(f"--train-score {args.train_score}: expected 0 to 1500 (the training images)")
@@ -463,12 +463,7 @@ def main() -> None:
         parser.error("--select-width is --select effective_neighbours: give one of them")
     if args.select_width:
         args.select = ["effective_neighbours"] + [str(k or "null") for k in args.select_width]
-    candidates = None
-    if args.select:
-        try:
-            candidates = candidates_from(args.select)
-        except ValueError as error:
-            parser.error(f"--select: {error}")
+    candidates = parse_candidates(args.select, parser)
     if args.effective_neighbours and any("effective_neighbours" in c for c in candidates or []):
         parser.error("--select-width chooses the width: leave out --effective-neighbours")
     args.rates = {m: ALL_METHODS[m].learning_rate for m in args.methods}

@@ -47,11 +47,21 @@ def candidates_from(tokens: list[str]) -> list[dict]:
     return [{tokens[0]: parse_value(t)} for t in tokens[1:]]
 
 
+def parse_candidates(tokens: list[str] | None, parser, option: str = "--select"):
+    """:func:`candidates_from` for a command line: ``None`` without tokens, a usage error
+    naming ``option`` for malformed ones."""
+    if not tokens:
+        return None
+    try:
+        return candidates_from(tokens)
+    except ValueError as error:
+        parser.error(f"{option}: {error}")
+
+
 def candidate_text(settings: dict) -> str:
-    """A candidate's label: the value alone for one setting, else the settings as JSON."""
-    if len(settings) == 1:
-        return str(next(iter(settings.values())))
-    return json.dumps(settings, sort_keys=True)
+    """A candidate's label: ``NAME=VALUE, ...`` in name order, or ``defaults`` for ``{}``."""
+    return ", ".join(f"{name}={json.dumps(settings[name])}" for name in sorted(settings)) \
+        or "defaults"
 
 
 def setting_search(estimator, X: np.ndarray, candidates: list[dict], seed: int,
@@ -110,10 +120,7 @@ def main() -> None:
     from mapa_vae.experiment import RunConfig, build_estimator, run, sample_data
     from mapa_vae.files import write_json
 
-    try:
-        candidates = candidates_from(args.select)
-    except ValueError as error:
-        parser.error(f"--select: {error}")
+    candidates = parse_candidates(args.select, parser)
     truth = datasets.get(args.dataset)
     rows = []
     for seed in range(args.seeds):

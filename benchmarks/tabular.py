@@ -89,17 +89,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     from fit_time import parse_settings
-    from select_setting import candidates_from
+    from select_setting import parse_candidates
 
     if args.compare and args.select:
         parser.error("give --compare or --select, not both")
     compare = parse_settings(args.compare, parser, "--compare")
-    candidates = None
-    if args.select:
-        try:
-            candidates = candidates_from(args.select)
-        except ValueError as error:
-            parser.error(f"--select: {error}")
+    candidates = parse_candidates(args.select, parser)
+    if candidates:
         compare = "selected"
     runs = [one_run(args.dataset, d, s, {}, candidates) if settings == "selected"
             else one_run(args.dataset, d, s, settings)
