@@ -65,17 +65,20 @@ def candidate_text(settings: dict) -> str:
 
 
 def setting_search(estimator, X: np.ndarray, candidates: list[dict], seed: int,
-                   held_out: float = 0.1, scoring=None, refit: bool = True):
+                   held_out: float = 0.1, scoring=None, refit: bool = True, folds: int = 1):
     """scikit-learn's ``GridSearchCV`` over ``candidates`` (dicts of the estimator's settings;
     ``{}``: its own) with one split holding out a share ``held_out`` of ``X`` (seeded by
-    ``seed``), scored by ``scoring`` (default: the estimator's ``score``, the held-out
-    log-likelihood) and, with ``refit``, the best refitted on all of ``X``."""
-    from sklearn.model_selection import GridSearchCV, ShuffleSplit
+    ``seed``; with ``folds > 1``, ``folds``-fold cross-validation instead, every point held out
+    once), scored by ``scoring`` (default: the estimator's ``score``, the held-out
+    log-likelihood; averaged over the folds) and, with ``refit``, the best refitted on all of
+    ``X``."""
+    from sklearn.model_selection import GridSearchCV, KFold, ShuffleSplit
 
     unknown = {name for c in candidates for name in c} - set(estimator.get_params())
     if unknown:
         raise ValueError(f"not settings of {type(estimator).__name__}: {sorted(unknown)}")
-    split = ShuffleSplit(n_splits=1, test_size=held_out, random_state=seed)
+    split = (ShuffleSplit(n_splits=1, test_size=held_out, random_state=seed) if folds == 1
+             else KFold(folds, shuffle=True, random_state=seed))
     grid = [{name: [value] for name, value in c.items()} for c in candidates]
     return GridSearchCV(estimator, grid, scoring=scoring, refit=refit, cv=split).fit(X)
 

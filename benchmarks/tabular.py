@@ -11,8 +11,8 @@ once (a fifth held out, the split fixed), standardised on its training rows, and
 ``MAPADensity`` under ``benchmarks/digits.py``'s protocol (decoder ``d_z → 128 → 128 → D``,
 5000 steps of 100, peak rate 0.01, cosine, learned ``σ``) at its defaults and with the
 ``--compare`` settings, or with the settings chosen among the ``--select`` candidates on a tenth
-of the training rows held out (``benchmarks/select_setting.py``; ``{}``: the defaults), then
-refitted on all of them. Writes ``results.json`` (per run: the held-out log-likelihood per row
+of the training rows held out, or over ``--folds K`` folds (``benchmarks/select_setting.py``;
+``{}``: the defaults), then refitted on all of them. Writes ``results.json`` (per run: the held-out log-likelihood per row
 from 2000 importance samples of the fitted proposals, its standard error, ``σ``, MAPA's width
 rule; for a selection, the chosen candidate and each one's held-out score) and prints the medians
 over seeds and the change per seed.
@@ -45,9 +45,10 @@ def split(name: str):
 
 
 def one_run(name: str, latent_dim: int, seed: int, settings: dict,
-            candidates: list[dict] | None = None) -> dict:
+            candidates: list[dict] | None = None, folds: int = 1) -> dict:
     """One fit at ``settings``, or, given ``candidates``, at those chosen among them on held-out
-    training rows (the fit refitted on all of them), scored on the test rows."""
+    training rows (a tenth, or ``folds``-fold cross-validation; the fit refitted on all of
+    them), scored on the test rows."""
     import torch
 
     from mapa_vae import MAPADensity
@@ -59,7 +60,8 @@ def one_run(name: str, latent_dim: int, seed: int, settings: dict,
                       learning_rate=0.01, random_state=seed, **settings)
     selection = None
     if candidates:
-        search = setting_search(est, X, candidates, seed, scoring=evaluator_scoring(seed))
+        search = setting_search(est, X, candidates, seed, scoring=evaluator_scoring(seed),
+                                folds=folds)
         est = search.best_estimator_
         selection = {"chosen": candidate_text(search.best_params_),
                      "held_out": held_out_scores(search)}
@@ -85,6 +87,9 @@ def main(argv=None) -> None:
     parser.add_argument("--select", nargs="+", default=None, metavar="JSON",
                         help="candidate sets of MAPADensity settings as JSON objects ({} the "
                              "defaults), chosen on held-out training rows, instead of --compare")
+    parser.add_argument("--folds", type=int, default=1,
+                        help="with --select: 1 holds out a tenth of the training rows once; "
+                             "K > 1 cross-validates over K folds")
     parser.add_argument("--out", default="bench-results/tabular")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
@@ -97,7 +102,9 @@ def main(argv=None) -> None:
     candidates = parse_candidates(args.select, parser)
     if candidates:
         compare = "selected"
-    runs = [one_run(args.dataset, d, s, {}, candidates) if settings == "selected"
+    if args.folds < 1 or (args.folds > 1 and not candidates):
+        parser.error(f"--folds {args.folds}: expected 1, or more with --select")
+    runs = [one_run(args.dataset, d, s, {}, candidates, args.folds) if settings == "selected"
             else one_run(args.dataset, d, s, settings)
             for d in args.latent_dims for s in range(args.seeds) for settings in ({}, compare)]
     out = Path(args.out)
