@@ -12,10 +12,10 @@ once (a fifth held out, the split fixed), standardised on its training rows, and
 5000 steps of 100, peak rate 0.01, cosine, learned ``σ``) at its defaults and with the
 ``--compare`` settings, or with the settings chosen among the ``--select`` candidates on a tenth
 of the training rows held out, or over ``--folds K`` folds (``benchmarks/select_setting.py``;
-``{}``: the defaults), then refitted on all of them. Writes ``results.json`` (per run: the held-out log-likelihood per row
-from 2000 importance samples of the fitted proposals, its standard error, ``σ``, MAPA's width
-rule; for a selection, the chosen candidate and each one's held-out score) and prints the medians
-over seeds and the change per seed.
+``{}``: the defaults), then refitted on all of them. Writes ``results.json`` (per run: the
+held-out log-likelihood per row from 2000 importance samples of the fitted proposals, its
+standard error, ``σ``, MAPA's width rule; for a selection, the chosen candidate and each one's
+held-out score) and prints the medians over seeds and the change per seed.
 """
 from __future__ import annotations
 
