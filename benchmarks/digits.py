@@ -461,9 +461,8 @@ def main() -> None:
         parser.error("--train-score scores by the default evaluator: leave out --evaluator")
     if args.select_width and args.select:
         parser.error("--select-width is --select effective_neighbours: give one of them")
-    if args.select_width:
-        args.select = ["effective_neighbours"] + [str(k or "null") for k in args.select_width]
-    candidates = parse_candidates(args.select, parser)
+    candidates = ([{"effective_neighbours": k or None} for k in args.select_width]
+                  if args.select_width else parse_candidates(args.select, parser))
     if args.effective_neighbours and any("effective_neighbours" in c for c in candidates or []):
         parser.error("--select-width chooses the width: leave out --effective-neighbours")
     args.rates = {m: ALL_METHODS[m].learning_rate for m in args.methods}

@@ -100,22 +100,23 @@ def main(argv=None) -> None:
         parser.error("give --compare or --select, not both")
     compare = parse_settings(args.compare, parser, "--compare")
     candidates = parse_candidates(args.select, parser)
-    if candidates:
-        compare = "selected"
     if args.folds < 1 or (args.folds > 1 and not candidates):
         parser.error(f"--folds {args.folds}: expected 1, or more with --select")
-    runs = [one_run(args.dataset, d, s, {}, candidates, args.folds) if settings == "selected"
-            else one_run(args.dataset, d, s, settings)
-            for d in args.latent_dims for s in range(args.seeds) for settings in ({}, compare)]
+    # the second of each pair of runs: the --compare settings, or the --select choice
+    other = {"settings": {}, "candidates": candidates, "folds": args.folds} if candidates \
+        else {"settings": compare}
+    runs = [one_run(args.dataset, d, s, **arm) for d in args.latent_dims
+            for s in range(args.seeds) for arm in ({"settings": {}}, other)]
+    label = "selected" if candidates else compare  # the second runs' "settings" in one_run
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(runs, indent=1))
     print(f"{args.dataset}: held-out log-likelihood per row, median over {args.seeds} seeds; "
-          f"defaults against {compare or 'the defaults'}")
+          f"defaults against {label or 'the defaults'}")
     for d in args.latent_dims:
         pair = [[r["test_log_likelihood"] for r in runs
                  if r["latent_dim"] == d and r["settings"] == settings]
-                for settings in ({}, compare)]
+                for settings in ({}, label)]
         change = ", ".join(f"{a - b:+.2f}" for a, b in zip(*pair))
         print(f"d_z={d}: defaults {statistics.median(pair[0]):.2f}, compared "
               f"{statistics.median(pair[1]):.2f}; defaults − compared per seed: {change}")
