@@ -180,6 +180,36 @@ def test_codes_are_tied_and_fixed_late_by_default_only_where_they_are_gaussian_b
     two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
     assert two.objective_.tie_strength == 0.0 and two.objective_.neighbours is None
     assert two.objective_.loc.requires_grad
+    assert above.objective_.mean_lr_scale == 0.3 / 0.01  # the means' rate in widths, by default
+    assert two.objective_.mean_lr_scale is None
+
+
+def test_the_means_steps_are_the_plain_steps_times_the_codes_widths(circle, monkeypatch):
+    """``code_mean_rate``: the means train in their own group at that rate, and each step's
+    change of ``μ_n`` is multiplied by ``s_n``. Against the same fit whose rescaling is skipped
+    (the same draws and gradients): ``(μ − μ') / s`` equals the plain step ``μ_plain − μ'``."""
+    truth, X, _ = circle
+    settings = dict(sigma=truth.sigma, steps=1, batch_size=50, codes="gaussian",
+                    code_mean_rate=0.2, code_scale=0.3, dtype="float64", random_state=0)
+    scaled = MAPADensity(**settings).fit(X)
+    before = []
+    monkeypatch.setattr(GaussianCodesBound, "steps_in_widths",
+                        lambda self, previous: before.append(previous.clone()))
+    plain = MAPADensity(**settings).fit(X)
+    objective = scaled.objective_
+    groups = objective.parameter_groups()
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 3.0, 20.0]  # 3 x: the scales' own
+    assert groups[1]["params"][0] is objective.log_scale and groups[2]["params"][0] is objective.loc
+    previous, = before
+    s = objective.log_scale.detach()
+    torch.testing.assert_close(s, plain.objective_.log_scale.detach(), rtol=0, atol=0)
+    step = plain.objective_.loc.detach() - previous
+    moved = step.abs() > 0
+    assert moved.any(dim=1).sum() == 50 and not moved[~moved.any(dim=1)].any()  # drawn codes
+    # float64: each side's rounding is a few ulps of |μ| <= 4, far below 1e-12
+    torch.testing.assert_close((objective.loc.detach() - previous) / s.exp(), step, rtol=0,
+                               atol=1e-12)
+    assert (step.abs()[moved] > 1e-3).all()  # the steps the test compares are not tiny
 
 
 def test_mapa_posterior_is_over_training_indices_with_attached_codes(circle):
@@ -337,6 +367,12 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_smoothing=2, steps=2), "code_smoothing smooths the targets"),
     (lambda: MAPADensity(code_smoothing=2, codes="gaussian", importance_samples=2, steps=2),
      "code_smoothing takes one draw per code"),
+    (lambda: MAPADensity(code_mean_rate=0.0, codes="gaussian", steps=2),
+     "code_mean_rate must be 'auto', None or a positive number, got 0.0"),
+    (lambda: MAPADensity(code_mean_rate="fast", codes="gaussian", steps=2), "got 'fast'"),
+    (lambda: MAPADensity(code_mean_rate=float("nan"), codes="gaussian", steps=2), "got nan"),
+    (lambda: MAPADensity(code_mean_rate=0.5, steps=2),
+     "code_mean_rate sets the steps of Gaussian codes' means; the atoms"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),
      "effective_neighbours must be 'auto', None or a number"),

@@ -53,7 +53,11 @@ _MAPA_SETTINGS = {
     "code_tying": "ties MAPA's Gaussian codes",
     "code_smoothing": "smooths the targets of MAPA's Gaussian codes",
     "code_freeze_at": "fixes MAPA's Gaussian codes",
+    "code_mean_rate": "sets the steps of MAPA's Gaussian codes' means",
 }
+
+#: Of those, the ones whose 0 on the command line means off (``None``).
+_ZERO_IS_OFF = ("code_smoothing", "code_mean_rate")
 
 
 def fit(args) -> tuple[dict, bool]:
@@ -80,7 +84,7 @@ def fit(args) -> tuple[dict, bool]:
             flag = "--" + name.replace("_", "-")
             lacks = "has no kernel" if name == "effective_neighbours" else "has none"
             raise ValueError(f"{flag} {what}; {args.method} {lacks}")
-        extra[name] = (value or None) if name == "code_smoothing" else value  # 0: off
+        extra[name] = (value or None) if name in _ZERO_IS_OFF else value
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        n_train_kl=args.train_kl, training=training,
@@ -230,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's Gaussian codes: fixed after this share of the steps, the "
                         "decoder training on (default 0.75 above two latent dimensions, 1 "
                         "below; 1: the codes learn throughout)")
+    p.add_argument("--code-mean-rate", type=float, default=None, metavar="RATE",
+                   help="MAPA's Gaussian codes: peak rate of the codes' means in units of each "
+                        "code's width, each step's change of a mean multiplied by its width "
+                        "(default 0.3 above two latent dimensions; 0: off, the means learn with "
+                        "the scales at --code-learning-rate)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

@@ -38,7 +38,7 @@ from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPAB
 from .priors import Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
 from .schedules import (AggressiveEncoder, AttachmentUpdates, CodeFreezing, CodeSmoothing,
-                        CodeTying, LoggedDiagnostics)
+                        CodeTying, LoggedDiagnostics, WidthScaledCodeSteps)
 from .trainer import Trainer, TrainingConfig, TrainingSettings
 from .validation import as_data, check_non_negative_int, check_positive_int
 
@@ -46,6 +46,10 @@ from .validation import as_data, check_non_negative_int, check_positive_int
 TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The optimisation defaults every estimator shares (:class:`~mapa_vae.trainer.TrainingSettings`).
 _TRAINING = TrainingSettings()
+
+#: The peak rate of Gaussian codes' means above two latent dimensions, in units of each code's
+#: width (``code_mean_rate="auto"``; docs/gaussian_codes.md, "The means' steps in widths").
+CODE_MEAN_RATE = 0.3
 
 
 def _keep_arguments(estimator, arguments: dict) -> None:
@@ -442,6 +446,19 @@ class MAPADensity(_LatentDensity):
         alone, against their late over-fitting; docs/gaussian_codes.md has what it measured on
         digits and ``linear-gaussian``. ``"auto"``: 0.75 for Gaussian codes above two latent
         dimensions, else 1.
+    code_mean_rate : "auto", float or None, default="auto"
+        Gaussian codes: the peak rate ``r`` of the codes' means in units of each code's own
+        width. The means train in an optimiser group of their own at rate ``r`` (the
+        schedule's shape), and each step's change of ``μ_n`` is multiplied by ``s_n``, so a
+        mean moves by about ``r s_n`` per step (Adam's step is about its rate whatever the
+        gradient's size): far where the code is wide, little where the data pin it down. Each
+        code's gradient comes only once every ``N / batch_size`` steps, when its index is
+        drawn, and the code lags the decoder in between
+        (:class:`~mapa_vae.objectives.GaussianCodesBound`; no network passes).
+        ``code_learning_rate`` then sets the scales' rate alone. ``None``: the means learn
+        with the scales, at ``code_learning_rate``, in the prior's units. ``"auto"``:
+        :data:`CODE_MEAN_RATE` (0.3) for Gaussian codes above two latent dimensions, else
+        ``None``. docs/gaussian_codes.md has what it measured.
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -489,7 +506,7 @@ class MAPADensity(_LatentDensity):
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
                  code_tying="auto", code_smoothing="auto", code_freeze_at="auto",
-                 dtype="float32"):
+                 code_mean_rate="auto", dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -533,6 +550,14 @@ class MAPADensity(_LatentDensity):
         if self._code_freeze_at() < 1:
             self._gaussian_codes_only("code_freeze_at", "fixes Gaussian codes",
                                       "leave code_freeze_at at 1")
+        mean_rate = self.code_mean_rate
+        if not (mean_rate is None or (isinstance(mean_rate, str) and mean_rate == "auto")
+                or (_finite_number(mean_rate) and mean_rate > 0)):
+            raise ValueError(f"code_mean_rate must be 'auto', None or a positive number, got "
+                             f"{mean_rate!r}")
+        if self._code_mean_rate() is not None:
+            self._gaussian_codes_only("code_mean_rate", "sets the steps of Gaussian codes' means",
+                                      "code_mean_rate=None")
 
     def _gaussian_codes_only(self, setting: str, what: str, off: str) -> None:
         """Refuses ``setting`` (which ``what``) where the codes are atoms, which take none;
@@ -640,6 +665,13 @@ class MAPADensity(_LatentDensity):
             return float(self.code_freeze_at)
         return 0.75 if self._gaussian_above_two() else 1.0
 
+    def _code_mean_rate(self) -> float | None:
+        """``code_mean_rate`` with ``"auto"`` resolved: :data:`CODE_MEAN_RATE` for Gaussian
+        codes above two latent dimensions, else ``None``."""
+        if self.code_mean_rate != "auto":
+            return None if self.code_mean_rate is None else float(self.code_mean_rate)
+        return CODE_MEAN_RATE if self._gaussian_above_two() else None
+
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
         above."""
@@ -667,8 +699,11 @@ class MAPADensity(_LatentDensity):
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
         neighbours = code_neighbours(setup.representation) if self._code_tying() else None
+        mean_rate = self._code_mean_rate()
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / learning_rate,
+                                  mean_lr_scale=None if mean_rate is None
+                                  else mean_rate / learning_rate,
                                   n_samples=int(self.importance_samples), neighbours=neighbours,
                                   code_weights=self._code_weights(setup))
 
@@ -676,7 +711,8 @@ class MAPADensity(_LatentDensity):
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
         with ``code_tying``, the codes tied from half-way through the steps; with code weights
         (``code_smoothing``), the codes' smoother targets from half-way; with
-        ``code_freeze_at`` below 1, the codes fixed from that share of the steps."""
+        ``code_freeze_at`` below 1, the codes fixed from that share of the steps; with
+        ``code_mean_rate``, the means' steps in the codes' widths."""
         callbacks = [LoggedDiagnostics(objective.diagnostics)]
         if isinstance(objective, MAPABound):
             callbacks.append(AttachmentUpdates(objective, self.project_every,
@@ -690,6 +726,8 @@ class MAPADensity(_LatentDensity):
             share = self._code_freeze_at()
             if share < 1:
                 callbacks.append(CodeFreezing(objective, int(int(self.steps) * share)))
+            if objective.mean_lr_scale is not None:
+                callbacks.append(WidthScaledCodeSteps(objective))
         return callbacks
 
     def _gaussian_codes(self) -> tuple[np.ndarray, np.ndarray]:

@@ -302,8 +302,21 @@ class GaussianCodesBound(Objective):
     codes' part costs a second decoder pass per index (``2B`` passes per step) while it acts.
     One draw per code only (``n_samples = 1``).
 
+    **The means' steps in widths** (``mean_lr_scale`` given). Each code is updated only when
+    its index is drawn, once every ``N / B`` steps, so between visits the decoder moves on and
+    the code lags it. The means then form an optimiser group of their own, at ``mean_lr_scale``
+    times the schedule's rate ``r``, and every step's change of ``μ_n`` is multiplied by ``s_n``
+    (:meth:`steps_in_widths`, called by :class:`~mapa_vae.schedules.WidthScaledCodeSteps`):
+
+        μ_n ← μ'_n + s_n ⊙ (μ_n − μ'_n),    μ'_n the mean before the step.
+
+    Adam moves a coordinate by about its rate per step whatever the gradient's size, so a mean
+    moves by about ``r s_n`` per step: far where the code is wide, little where the data pin it
+    down.
+
     ``loc`` and ``scale`` (shape ``(N, d)``) initialise ``μ`` and ``s``; ``code_lr_scale``
-    multiplies the learning rate of the codes (each is updated only when its index is drawn).
+    multiplies the learning rate of the codes (of the scales alone when ``mean_lr_scale`` is
+    given).
     """
 
     name = "mapa"
@@ -313,7 +326,7 @@ class GaussianCodesBound(Objective):
                  loc: np.ndarray, scale: np.ndarray, code_lr_scale: float = 1.0,
                  n_samples: int = 1, neighbours: np.ndarray | None = None,
                  code_weights: sparse.spmatrix | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 mean_lr_scale: float | None = None, dtype: torch.dtype = torch.float32):
         super().__init__(model)
         self.n_samples = check_positive_int(n_samples, "n_samples")
         W = _register_targets(self, weights, X, dtype)
@@ -327,6 +340,7 @@ class GaussianCodesBound(Objective):
         self.loc = nn.Parameter(torch.tensor(loc, dtype=dtype))
         self.log_scale = nn.Parameter(torch.tensor(np.log(scale), dtype=dtype))
         self.code_lr_scale = float(code_lr_scale)
+        self.mean_lr_scale = None if mean_lr_scale is None else float(mean_lr_scale)
         self.gaussian = isinstance(model.prior, StandardNormal)
         if neighbours is not None:
             neighbours = np.asarray(neighbours)
@@ -353,7 +367,17 @@ class GaussianCodesBound(Objective):
         self.smooth_codes = False
 
     def parameter_groups(self) -> list[dict]:
-        return self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
+        groups = self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
+        if self.mean_lr_scale is not None:
+            groups[1]["params"] = [self.log_scale]
+            groups.append({"params": [self.loc], "lr_scale": self.mean_lr_scale})
+        return groups
+
+    @torch.no_grad()
+    def steps_in_widths(self, previous_loc: torch.Tensor) -> None:
+        """Multiplies the means' last step by the codes' widths: ``μ ← μ' + s ⊙ (μ − μ')``,
+        ``μ'`` = ``previous_loc``, the means before the step."""
+        self.loc.copy_(previous_loc + self.log_scale.exp() * (self.loc - previous_loc))
 
     def codes(self, idx: torch.Tensor, eps: torch.Tensor):
         """Draws ``z = g(μ_n + s_n ε)`` for the indices ``idx`` and noise ``ε`` of shape

@@ -15,7 +15,10 @@ Every network pass a callback spends is charged to that counter, the loop's only
   improving; once per epoch the mutual information ``I_q(x; z)`` decides whether to stay so.
 * :class:`CodeTying` (MAPA's Gaussian codes): from a given step on, each drawn code's mean is
   pulled toward its neighbours' mean code (:class:`~mapa_vae.objectives.GaussianCodesBound`);
-  no network passes.
+  no network passes. :class:`CodeSmoothing` and :class:`CodeFreezing` switch the codes to
+  smoother targets and fix them, from given steps on.
+* :class:`WidthScaledCodeSteps` (MAPA's Gaussian codes): each step's change of the codes' means
+  is multiplied by the codes' widths; no network passes.
 * :class:`LoggedDiagnostics`: the objective's evaluation-only numbers (its full bound, MAPA's gap)
   at each logged step; not training work, so not charged.
 """
@@ -165,6 +168,23 @@ class CodeSmoothing(StepCallback):
 
     def before_step(self, context: StepContext) -> None:
         self.objective.smooth_codes = context.step >= self.start
+
+
+class WidthScaledCodeSteps(StepCallback):
+    """Each step's change of the Gaussian codes' means multiplied by the codes' widths
+    (:meth:`~mapa_vae.objectives.GaussianCodesBound.steps_in_widths`), while the codes learn."""
+
+    def __init__(self, objective):
+        self.objective, self.previous = objective, None
+
+    def before_step(self, context: StepContext) -> None:
+        loc = self.objective.loc
+        self.previous = loc.detach().clone() if loc.requires_grad else None
+
+    def after_step(self, context: StepContext) -> None:
+        if self.previous is not None:
+            self.objective.steps_in_widths(self.previous)
+            self.previous = None
 
 
 class CodeFreezing(StepCallback):
