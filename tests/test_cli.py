@@ -62,7 +62,7 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--code-mean-rate", "0.5", "--steps", "5"],
      "code_mean_rate sets the steps of Gaussian codes' means; the atoms"),
     (["fit", "--dataset", "linear-gaussian", "--code-mean-rate", "-1", "--steps", "5"],
-     "code_mean_rate must be 'auto', None or a positive number, got -1.0"),
+     "code_mean_rate must be None or a positive number, got -1.0"),
     (["fit", "--method", "iwae", "--code-smoothing", "2", "--steps", "5"],
      "--code-smoothing smooths the targets of MAPA's Gaussian codes; iwae has none"),
     (["fit", "--code-smoothing", "2", "--steps", "5"], "code_smoothing smooths the targets"),
@@ -154,10 +154,10 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
     assert config["extra"] == {"code_learning_rate": 0.002}
     weighted = tmp_path / "weighted"  # d_z = 8: Gaussian codes, two draws each per step
     assert main(["fit", "--dataset", "linear-gaussian", "--importance-samples", "2", "--steps",
-                 "5", "--n-train", "200", "--n-test", "5", "--code-mean-rate", "0", "--quiet",
+                 "5", "--n-train", "200", "--n-test", "5", "--code-mean-rate", "0.3", "--quiet",
                  "--out", str(weighted)]) == 0
     drawn = json.loads((weighted / "metrics.json").read_text())
-    assert drawn["config"]["extra"] == {"importance_samples": 2, "code_mean_rate": None}  # 0: off
+    assert drawn["config"]["extra"] == {"importance_samples": 2, "code_mean_rate": 0.3}
     assert drawn["passes_per_step"] == 200
 
     from mapa_vae import MAPAPosterior, datasets

@@ -56,9 +56,6 @@ _MAPA_SETTINGS = {
     "code_mean_rate": "sets the steps of MAPA's Gaussian codes' means",
 }
 
-#: Of those, the ones whose 0 on the command line means off (``None``).
-_ZERO_IS_OFF = ("code_smoothing", "code_mean_rate")
-
 
 def fit(args) -> tuple[dict, bool]:
     """Train one method on a ground truth; write metrics, history, checkpoint and a figure. In a
@@ -84,7 +81,7 @@ def fit(args) -> tuple[dict, bool]:
             flag = "--" + name.replace("_", "-")
             lacks = "has no kernel" if name == "effective_neighbours" else "has none"
             raise ValueError(f"{flag} {what}; {args.method} {lacks}")
-        extra[name] = (value or None) if name in _ZERO_IS_OFF else value
+        extra[name] = (value or None) if name == "code_smoothing" else value  # 0: off
     config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        n_train_kl=args.train_kl, training=training,
@@ -237,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code-mean-rate", type=float, default=None, metavar="RATE",
                    help="MAPA's Gaussian codes: peak rate of the codes' means in units of each "
                         "code's width, each step's change of a mean multiplied by its width "
-                        "(default 0.3 above two latent dimensions; 0: off, the means learn with "
-                        "the scales at --code-learning-rate)")
+                        "(default: off, the means learn with the scales at "
+                        "--code-learning-rate)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

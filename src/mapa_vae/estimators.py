@@ -47,10 +47,6 @@ TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The optimisation defaults every estimator shares (:class:`~mapa_vae.trainer.TrainingSettings`).
 _TRAINING = TrainingSettings()
 
-#: The peak rate of Gaussian codes' means above two latent dimensions, in units of each code's
-#: width (``code_mean_rate="auto"``; docs/gaussian_codes.md, "The means' steps in widths").
-CODE_MEAN_RATE = 0.3
-
 
 def _keep_arguments(estimator, arguments: dict) -> None:
     """Store each constructor argument, unchanged, as the attribute of its name: scikit-learn's
@@ -446,7 +442,7 @@ class MAPADensity(_LatentDensity):
         alone, against their late over-fitting; docs/gaussian_codes.md has what it measured on
         digits and ``linear-gaussian``. ``"auto"``: 0.75 for Gaussian codes above two latent
         dimensions, else 1.
-    code_mean_rate : "auto", float or None, default="auto"
+    code_mean_rate : float, optional
         Gaussian codes: the peak rate ``r`` of the codes' means in units of each code's own
         width. The means train in an optimiser group of their own at rate ``r`` (the
         schedule's shape), and each step's change of ``μ_n`` is multiplied by ``s_n``, so a
@@ -455,10 +451,11 @@ class MAPADensity(_LatentDensity):
         code's gradient comes only once every ``N / batch_size`` steps, when its index is
         drawn, and the code lags the decoder in between
         (:class:`~mapa_vae.objectives.GaussianCodesBound`; no network passes).
-        ``code_learning_rate`` then sets the scales' rate alone. ``None``: the means learn
-        with the scales, at ``code_learning_rate``, in the prior's units. ``"auto"``:
-        :data:`CODE_MEAN_RATE` (0.3) for Gaussian codes above two latent dimensions, else
-        ``None``. docs/gaussian_codes.md has what it measured.
+        ``code_learning_rate`` then sets the scales' rate alone. ``None`` (the default): the
+        means learn with the scales, at ``code_learning_rate``, in the prior's units. At 0.3
+        it gains on ``linear-gaussian`` and on digits up to ``latent_dim=16``, and loses on
+        digits from 20 up and on the bundled tables (docs/gaussian_codes.md, "The means' steps
+        in widths").
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -506,7 +503,7 @@ class MAPADensity(_LatentDensity):
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
                  code_tying="auto", code_smoothing="auto", code_freeze_at="auto",
-                 code_mean_rate="auto", dtype="float32"):
+                 code_mean_rate=None, dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -551,11 +548,10 @@ class MAPADensity(_LatentDensity):
             self._gaussian_codes_only("code_freeze_at", "fixes Gaussian codes",
                                       "leave code_freeze_at at 1")
         mean_rate = self.code_mean_rate
-        if not (mean_rate is None or (isinstance(mean_rate, str) and mean_rate == "auto")
-                or (_finite_number(mean_rate) and mean_rate > 0)):
-            raise ValueError(f"code_mean_rate must be 'auto', None or a positive number, got "
+        if not (mean_rate is None or (_finite_number(mean_rate) and mean_rate > 0)):
+            raise ValueError(f"code_mean_rate must be None or a positive number, got "
                              f"{mean_rate!r}")
-        if self._code_mean_rate() is not None:
+        if mean_rate is not None:
             self._gaussian_codes_only("code_mean_rate", "sets the steps of Gaussian codes' means",
                                       "code_mean_rate=None")
 
@@ -665,13 +661,6 @@ class MAPADensity(_LatentDensity):
             return float(self.code_freeze_at)
         return 0.75 if self._gaussian_above_two() else 1.0
 
-    def _code_mean_rate(self) -> float | None:
-        """``code_mean_rate`` with ``"auto"`` resolved: :data:`CODE_MEAN_RATE` for Gaussian
-        codes above two latent dimensions, else ``None``."""
-        if self.code_mean_rate != "auto":
-            return None if self.code_mean_rate is None else float(self.code_mean_rate)
-        return CODE_MEAN_RATE if self._gaussian_above_two() else None
-
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
         above."""
@@ -699,7 +688,7 @@ class MAPADensity(_LatentDensity):
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
         neighbours = code_neighbours(setup.representation) if self._code_tying() else None
-        mean_rate = self._code_mean_rate()
+        mean_rate = self.code_mean_rate
         return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
                                   code_lr_scale=rate / learning_rate,
                                   mean_lr_scale=None if mean_rate is None
