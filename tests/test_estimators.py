@@ -270,7 +270,9 @@ def test_same_seed_same_result_and_different_seeds_differ(circle):
 @pytest.mark.parametrize("cls, extra", [
     (MAPADensity, {"codes": "atoms", "project_every": 5, "reattach_every": 15}),
     (MAPADensity, {"codes": "gaussian", "code_learning_rate": 0.05}),
-    (VAEDensity, {}), (LaggingVAEDensity, {})], ids=["mapa-atoms", "mapa", "vae", "lagging"])
+    (MAPADensity, {"codes": "gaussian", "code_learning_rate": 0.05, "code_mean_rate": 0.3}),
+    (VAEDensity, {}), (LaggingVAEDensity, {})],
+    ids=["mapa-atoms", "mapa", "mapa-steps-in-widths", "vae", "lagging"])
 def test_checkpoint_round_trip_and_exact_resume(cls, extra, circle, tmp_path):
     truth, X, _ = circle
     # a constant rate: with the cosine schedule a longer budget is another schedule from step 0
