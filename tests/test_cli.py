@@ -62,7 +62,7 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--code-mean-rate", "0.5", "--steps", "5"],
      "code_mean_rate sets the steps of Gaussian codes' means; the atoms"),
     (["fit", "--dataset", "linear-gaussian", "--code-mean-rate", "-1", "--steps", "5"],
-     "code_mean_rate must be None or a positive number, got -1.0"),
+     "code_mean_rate must be a positive number, got -1.0"),
     (["fit", "--method", "iwae", "--code-smoothing", "2", "--steps", "5"],
      "--code-smoothing smooths the targets of MAPA's Gaussian codes; iwae has none"),
     (["fit", "--code-smoothing", "2", "--steps", "5"], "code_smoothing smooths the targets"),

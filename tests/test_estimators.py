@@ -370,7 +370,7 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_smoothing=2, codes="gaussian", importance_samples=2, steps=2),
      "code_smoothing takes one draw per code"),
     (lambda: MAPADensity(code_mean_rate=0.0, codes="gaussian", steps=2),
-     "code_mean_rate must be None or a positive number, got 0.0"),
+     "code_mean_rate must be a positive number, got 0.0"),
     (lambda: MAPADensity(code_mean_rate="fast", codes="gaussian", steps=2), "got 'fast'"),
     (lambda: MAPADensity(code_mean_rate=float("nan"), codes="gaussian", steps=2), "got nan"),
     (lambda: MAPADensity(code_mean_rate=0.5, steps=2),

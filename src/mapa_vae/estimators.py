@@ -516,9 +516,9 @@ class MAPADensity(_LatentDensity):
         if check_positive_int(self.importance_samples, "importance_samples") > 1:
             self._gaussian_codes_only("importance_samples", "draws Gaussian codes",
                                       "leave importance_samples at 1")
-        for name in ("code_learning_rate", "code_scale"):
+        for name in ("code_learning_rate", "code_scale", "code_mean_rate"):
             value = getattr(self, name)
-            if value is None and name == "code_learning_rate":
+            if value is None and name != "code_scale":
                 continue
             if not (_finite_number(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -547,11 +547,7 @@ class MAPADensity(_LatentDensity):
         if self._code_freeze_at() < 1:
             self._gaussian_codes_only("code_freeze_at", "fixes Gaussian codes",
                                       "leave code_freeze_at at 1")
-        mean_rate = self.code_mean_rate
-        if not (mean_rate is None or (_finite_number(mean_rate) and mean_rate > 0)):
-            raise ValueError(f"code_mean_rate must be None or a positive number, got "
-                             f"{mean_rate!r}")
-        if mean_rate is not None:
+        if self.code_mean_rate is not None:
             self._gaussian_codes_only("code_mean_rate", "sets the steps of Gaussian codes' means",
                                       "code_mean_rate=None")
 
