@@ -60,6 +60,14 @@ def test_every_run_shares_the_protocol():
         BenchConfig.from_settings(datasets=["nope"]).runs()
 
 
+def test_the_bench_measures_curves_up_to_two_latent_dimensions_only():
+    runs = BenchConfig.from_settings(datasets=["circle", "swiss-roll", "linear-gaussian"],
+                                     methods=["mapa"], seeds=1, eval_every=500).runs()
+    assert {r.dataset: r.eval_every for r in runs} == {"circle": 500, "swiss-roll": 500,
+                                                        "linear-gaussian": 0}
+    assert {r.training.log_every for r in runs} == {100}
+
+
 @pytest.mark.slow
 def test_bench_is_resumable_and_refuses_another_protocol(tmp_path):
     config = BenchConfig.from_settings(**TINY)

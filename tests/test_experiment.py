@@ -69,6 +69,22 @@ def test_a_run_is_reproducible_from_its_seed():
     assert a["test_kl"] != c["test_kl"]
 
 
+def test_above_two_latent_dimensions_the_curve_is_the_one_evaluators_test_kl():
+    # linear-gaussian (d_z = 8): each curve point scores the first n_eval test points by the one
+    # evaluator, seeded as the final test KL is, so with n_eval = n_test the last point (the
+    # final model) is that test KL exactly; the curve draws from its own generator, so the run
+    # is the same, bit for bit, without it
+    settings = {**TINY, "n_test": 12, "dataset": "linear-gaussian", "method": "mapa"}
+    curved = run(RunConfig.from_settings(eval_every=10, n_eval=12, **settings))
+    plain = run(RunConfig.from_settings(**settings))
+    assert [row["step"] for row in curved["curve"]] == [10, 20]
+    assert curved["curve"][-1]["test_kl"] == curved["test_kl"]
+    assert curved["curve"][0]["test_kl"] != curved["test_kl"]
+    assert "curve" not in plain
+    for key in ("test_kl", "final_objective", "total_passes"):
+        assert curved[key] == plain[key]
+
+
 def test_the_train_kl_scores_the_first_training_points_and_leaves_the_run_unchanged(tmp_path):
     plain = run(RunConfig.from_settings(method="mapa", seed=1, **TINY))
     config = RunConfig.from_settings(method="mapa", seed=1, n_train_kl=50, **TINY)
@@ -107,9 +123,12 @@ def test_fit_command(tmp_path, capsys):
     out = tmp_path / "fit"
     assert main(["fit", "--dataset", "spiral", "--method", "iwae", "--samples", "3",
                  "--steps", "20", "--batch-size", "30", "--n-train", "90", "--n-test", "100",
-                 "--log-every", "10", "--quiet", "--out", str(out)]) == 0
+                 "--log-every", "10", "--eval-every", "10", "--n-eval", "40", "--quiet",
+                 "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["label"] == "iwae-3" and metrics["passes_per_step"] == 30 * 4
+    assert metrics["config"]["n_eval"] == 40
+    assert [row["step"] for row in metrics["curve"]] == [10, 20]
     for key in ("test_kl", "test_kl_se", "passes_per_step", "total_passes", "train_seconds",
                 "final_objective"):
         assert np.isfinite(metrics[key])
@@ -127,6 +146,14 @@ def test_fit_command_errors_write_nothing(tmp_path, capsys, argv, message):
     assert main(["fit", "--steps", "5", "--quiet", "--out", str(out)] + argv) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fit_command_refuses_a_non_positive_n_eval(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--n-eval", "0", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+    assert "--n-eval: expected a positive integer, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_fit_command_refuses_an_unknown_method(tmp_path):

@@ -86,7 +86,7 @@ def fit(args) -> tuple[dict, bool]:
                        twin=args.twin, n_train=args.n_train, n_test=args.n_test,
                        n_train_kl=args.train_kl, training=training,
                        learn_sigma=args.learn_sigma, init=args.init, seed=args.seed,
-                       eval_every=args.eval_every, device=device,
+                       eval_every=args.eval_every, n_eval=args.n_eval, device=device,
                        distributed=args.distributed, dtype=args.dtype, extra=extra)
     return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
 
@@ -245,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=_positive_int, default=training.log_every,
                    help=f"steps between history rows (default {training.log_every})")
     p.add_argument("--eval-every", type=int, default=0,
-                   help="also measure the test KL every this many steps (on 1000 test points)")
+                   help="also measure the test KL every this many steps, on the first --n-eval "
+                        "test points (above two latent dimensions by the one evaluator: each "
+                        "measurement costs as much as scoring that many points at the end)")
+    p.add_argument("--n-eval", type=_positive_int, default=1000, metavar="N",
+                   help="test points of each --eval-every measurement (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where training runs: cpu, cuda, cuda:1, mps")
     p.add_argument("--distributed", action="store_true",
@@ -298,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also each run's KL on its first N training points, scored as the test "
                         "points are: test KL - train KL is the over-fit (default 0: none)")
     p.add_argument("--eval-every", type=int, default=None,
-                   help=f"steps between test-KL measurements for the curves (default "
-                        f"{defaults.eval_every}; 0: none)")
+                   help=f"steps between test-KL measurements for the curves, up to two latent "
+                        f"dimensions (default {defaults.eval_every}; 0: none)")
     p.add_argument("--device", default=None,
                    help=f"where each run trains (default {defaults.device})")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: one per "
