@@ -85,6 +85,20 @@ def test_above_two_latent_dimensions_the_curve_is_the_one_evaluators_test_kl():
         assert curved[key] == plain[key]
 
 
+def test_the_fit_figure_says_it_does_not_draw_the_decoder_above_two_latent_dimensions():
+    import matplotlib.pyplot as plt
+
+    from mapa_vae.run_figures import fit_overview
+
+    truth = datasets.get("linear-gaussian")
+    config = RunConfig.from_settings(dataset="linear-gaussian", method="vae", **TINY)
+    X = sample_data(config, truth)[0]
+    fig = fit_overview(truth, X, build_estimator(config, truth).fit(X))
+    assert [t.get_text() for t in fig.axes[1].texts] == [
+        "latent dimension 8: f_θ is not drawn;\nthe left panel compares samples with the data"]
+    plt.close(fig)
+
+
 def test_the_train_kl_scores_the_first_training_points_and_leaves_the_run_unchanged(tmp_path):
     plain = run(RunConfig.from_settings(method="mapa", seed=1, **TINY))
     config = RunConfig.from_settings(method="mapa", seed=1, n_train_kl=50, **TINY)

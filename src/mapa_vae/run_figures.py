@@ -106,7 +106,8 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
 
     Left: training data, model samples and the learned ``f_θ`` (its curve, or mesh lines for a
     2-D latent) in the data plane; for 1-D data, the histogram with the true and model densities.
-    Middle: ``f_θ`` and the true ``f`` per output coordinate against ``u = F(z)`` (1-D latent).
+    Middle: ``f_θ`` and the true ``f`` per output coordinate against ``u = F(z)`` (1-D latent);
+    above, a note of where ``f_θ`` is shown (2-D latent) or that it is not (higher).
     For a ground truth with an ``image_shape`` attribute ``(H, W)`` (``blobs``) and a latent of
     dimension 1 or 2: training images at the left, ``f_θ`` on a grid of codes in the middle.
     Right: the training objective and, if measured, the test KL against cumulative passes.
@@ -158,9 +159,11 @@ def fit_overview(truth, X_train, estimator, title: str = ""):
                        title="learned and true decoder (identifiable only up to a twin)")
         decoder_ax.legend(loc="best", fontsize=7)
     elif not as_images:
+        d = estimator.model_.latent_dim
         decoder_ax.axis("off")
-        decoder_ax.text(0.5, 0.5, "latent dimension 2:\nmesh lines of f_θ at the left",
-                        ha="center", va="center")
+        decoder_ax.text(0.5, 0.5, "latent dimension 2:\nmesh lines of f_θ at the left" if d == 2
+                        else f"latent dimension {d}: f_θ is not drawn;\nthe left panel compares "
+                             f"samples with the data", ha="center", va="center")
 
     history = estimator.history_
     passes = [row["passes"] for row in history]
