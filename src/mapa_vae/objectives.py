@@ -87,11 +87,13 @@ class Objective(nn.Module):
         multiplies the learning rate of the schedule."""
         return [{"params": self.generative_parameters()}]
 
-    def _groups_with_codes(self, codes: list, lr_scale: float) -> list[dict]:
-        """Two optimiser groups: the generative parameters other than ``codes``, and ``codes``
-        at ``lr_scale`` times the schedule's rate."""
+    def _groups_with_codes(self, *code_groups: tuple[list, float]) -> list[dict]:
+        """Optimiser groups: the generative parameters other than the codes, then each
+        ``(codes, lr_scale)`` of ``code_groups`` at ``lr_scale`` times the schedule's rate."""
+        codes = [c for group, _ in code_groups for c in group]
         rest = [p for p in self.generative_parameters() if not any(p is c for c in codes)]
-        return [{"params": rest}, {"params": codes, "lr_scale": lr_scale}]
+        return [{"params": rest}] + [{"params": group, "lr_scale": lr_scale}
+                                     for group, lr_scale in code_groups]
 
     def _is_inference(self, parameter) -> bool:
         return any(parameter is q for q in self.inference_parameters())
@@ -185,7 +187,7 @@ class MAPABound(Objective):
         existed hold)."""
         if self.code_lr_scale == 1.0:
             return super().parameter_groups()
-        return self._groups_with_codes([self.attachment.positions], self.code_lr_scale)
+        return self._groups_with_codes(([self.attachment.positions], self.code_lr_scale))
 
     def forward(self, x, idx) -> BoundEstimate:
         mean = self.model.decoder(self.attachment.codes(idx))
@@ -367,11 +369,10 @@ class GaussianCodesBound(Objective):
         self.smooth_codes = False
 
     def parameter_groups(self) -> list[dict]:
-        groups = self._groups_with_codes([self.loc, self.log_scale], self.code_lr_scale)
-        if self.mean_lr_scale is not None:
-            groups[1]["params"] = [self.log_scale]
-            groups.append({"params": [self.loc], "lr_scale": self.mean_lr_scale})
-        return groups
+        if self.mean_lr_scale is None:
+            return self._groups_with_codes(([self.loc, self.log_scale], self.code_lr_scale))
+        return self._groups_with_codes(([self.log_scale], self.code_lr_scale),
+                                       ([self.loc], self.mean_lr_scale))
 
     @torch.no_grad()
     def steps_in_widths(self, previous_loc: torch.Tensor) -> None:
