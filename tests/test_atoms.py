@@ -388,12 +388,13 @@ def test_embedding_graph_keeps_the_largest_weights_of_wide_rows():
 
 
 def test_pca_coordinates_need_as_many_data_dimensions_as_latent_ones():
-    """MAPA's Gaussian codes start at 'pca' coordinates above two latent dimensions: fewer data
-    (or feature) dimensions than latent ones is a clear error, not a failure deep inside."""
+    """MAPA's Gaussian codes started at the atoms (``code_start="atoms"``) take 'pca'
+    coordinates above two latent dimensions: fewer data (or feature) dimensions than latent ones
+    is a clear error, not a failure deep inside."""
     from mapa_vae import MAPADensity
 
     X = np.random.default_rng(0).normal(size=(40, 5))
     with pytest.raises(ValueError, match="'pca' takes 3 principal components .* 2 dimensions"):
-        MAPADensity(latent_dim=3, features=2, sigma=0.3, steps=5).fit(X)
+        MAPADensity(latent_dim=3, features=2, sigma=0.3, steps=5, code_start="atoms").fit(X)
     coordinates = candidate_coordinates("pca", X, sparse.identity(40, format="csr"), 3)
     assert coordinates.shape == (40, 3)

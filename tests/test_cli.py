@@ -57,6 +57,8 @@ def test_demo_is_reproducible_from_its_seed(tmp_path):
     (["fit", "--dataset", "linear-gaussian", "--code-freeze-at", "0", "--steps", "5"],
      "code_freeze_at must be 'auto' or a share of the steps in (0, 1]"),
     (["bench", "--quick", "--quiet", "--train-kl", "-3"], "n_train_kl must be a non-negative"),
+    (["fit", "--method", "vae", "--code-start", "ppca", "--steps", "5"],
+     "--code-start sets where MAPA's Gaussian codes start; vae has none"),
     (["fit", "--method", "vae", "--code-mean-rate", "0.5", "--steps", "5"],
      "--code-mean-rate sets the steps of MAPA's Gaussian codes' means; vae has none"),
     (["fit", "--code-mean-rate", "0.5", "--steps", "5"],
@@ -159,6 +161,11 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
     drawn = json.loads((weighted / "metrics.json").read_text())
     assert drawn["config"]["extra"] == {"importance_samples": 2, "code_mean_rate": 0.3}
     assert drawn["passes_per_step"] == 200
+    atoms = tmp_path / "atoms"  # the codes' old start, asked for by name
+    assert main(["fit", "--dataset", "linear-gaussian", "--code-start", "atoms", "--steps", "5",
+                 "--n-train", "200", "--n-test", "5", "--quiet", "--out", str(atoms)]) == 0
+    assert json.loads((atoms / "metrics.json").read_text())["config"]["extra"] == {
+        "code_start": "atoms"}
 
     from mapa_vae import MAPAPosterior, datasets
     from mapa_vae.experiment import RunConfig, sample_data

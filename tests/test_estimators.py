@@ -9,6 +9,7 @@ from mapa_vae.atoms import POSITION_RATE
 from mapa_vae.estimators import (DiscretePosterior, GaussianPosterior, IWAEDensity,
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
                                  VAEDensity)
+from mapa_vae.mapa_setup import probabilistic_pca_codes
 from mapa_vae.methods import METHODS, make_estimator
 from mapa_vae.objectives import GaussianCodesBound, MAPABound
 
@@ -180,6 +181,36 @@ def test_codes_are_tied_and_fixed_late_by_default_only_where_they_are_gaussian_b
     two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
     assert two.objective_.tie_strength == 0.0 and two.objective_.neighbours is None
     assert two.objective_.loc.requires_grad
+
+
+def test_gaussian_codes_start_at_the_datas_probabilistic_pca_posterior_by_default():
+    """Above two latent dimensions, under the normal prior and with ``init="auto"``, the codes
+    start at :func:`~mapa_vae.mapa_setup.probabilistic_pca_codes` (no attachment is computed).
+    The codes are built in float32 before the float64 training (one rounding: relative error
+    at most 2⁻²⁴ for the means; for the widths, stored as logs of size below 3, at most 3 · 2⁻²⁴
+    after ``exp``), and one step at a code rate of 1e-12 moves a code by at most about that
+    (Adam's step is at most about its rate)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3)) @ rng.normal(size=(3, 6)) + 0.3 * rng.normal(size=(80, 6))
+    settings = dict(latent_dim=3, steps=1, batch_size=20, code_learning_rate=1e-12,
+                    dtype="float64", random_state=0)
+    est = MAPADensity(**settings).fit(X)
+    assert est.attachment_ == "ppca" and "probabilistic-PCA" in est.attachment_reason_
+    loc, scale = probabilistic_pca_codes(X, 3)
+    assert np.abs(np.log(scale)).max() < 3
+    np.testing.assert_allclose(est.objective_.loc.detach().numpy(), loc, rtol=2**-23,
+                               atol=1e-10)
+    np.testing.assert_allclose(est.objective_.log_scale.exp().detach().numpy(), scale,
+                               rtol=2**-21, atol=1e-10)
+    atoms = MAPADensity(code_start="atoms", **settings).fit(X)
+    assert atoms.attachment_ == "pca"
+    np.testing.assert_allclose(atoms.objective_.log_scale.exp().detach().numpy(), 0.1,
+                               rtol=2**-21, atol=1e-10)
+    # "auto" keeps the atoms' start where the PPCA posterior is not the codes' law or not asked
+    for other in (dict(prior="uniform"), dict(init="random"), dict(latent_dim=2, codes="gaussian"),
+                  dict(latent_dim=6)):
+        assert MAPADensity(**{**settings, **other})._code_start(X) == "atoms"
+    assert MAPADensity(**settings)._code_start(X) == "ppca"
 
 
 def test_the_means_steps_are_the_plain_steps_times_the_codes_widths(circle, monkeypatch):
@@ -375,6 +406,17 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_mean_rate=float("nan"), codes="gaussian", steps=2), "got nan"),
     (lambda: MAPADensity(code_mean_rate=0.5, steps=2),
      "code_mean_rate sets the steps of Gaussian codes' means; the atoms"),
+    (lambda: MAPADensity(code_start="pca", codes="gaussian", steps=2),
+     "code_start must be 'auto', 'atoms' or 'ppca', got 'pca'"),
+    (lambda: MAPADensity(code_start="ppca", steps=2),
+     "code_start sets where Gaussian codes start; the atoms"),
+    (lambda: MAPADensity(code_start="ppca", codes="gaussian", prior="uniform", steps=2),
+     "code_start='ppca' starts the codes at a posterior under the normal prior; "
+     "prior='uniform' takes code_start='atoms'"),
+    (lambda: MAPADensity(code_start="ppca", codes="gaussian", init="random", steps=2),
+     "code_start='ppca' sets the codes' start itself; leave init at 'auto'"),
+    (lambda: MAPADensity(code_start="ppca", codes="gaussian", latent_dim=2, steps=2),
+     "probabilistic PCA with latent_dim=2 needs more points and data dimensions than that"),
     (lambda: MAPADensity(features="pca", steps=2), "features must be 'auto', None, a number"),
     (lambda: MAPADensity(effective_neighbours="many", steps=2),
      "effective_neighbours must be 'auto', None or a number"),

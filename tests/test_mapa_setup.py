@@ -168,3 +168,51 @@ def test_pilots_rank_gaussian_codes_the_same_whatever_the_process_random_state()
     assert len(fits[0].pilot_bounds_) > 1
     assert fits[0].pilot_bounds_ == fits[1].pilot_bounds_
     np.testing.assert_array_equal(fits[0].score_samples(X[:20]), fits[1].score_samples(X[:20]))
+
+
+def _linear_gaussian_sample(n=400, d=3, D=7, sigma=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(D, d))
+    return rng.normal(size=(n, d)) @ A.T + 1.5 + sigma * rng.normal(size=(n, D))
+
+
+def test_probabilistic_pca_codes_are_the_posterior_of_the_fitted_model():
+    """Against the closed form from the sample covariance's eigendecomposition (numpy's, not
+    scikit-learn's): ``W = U_d (Λ_d − σ̂²)^{1/2}``, ``M = Wᵀ W + σ̂² I``, posterior mean
+    ``M⁻¹ Wᵀ (x − x̄)`` (each column up to the eigenvector's sign) and covariance ``σ̂² M⁻¹``. Per
+    coordinate the means' variance plus the squared width is 1: the prior's, exactly."""
+    X = _linear_gaussian_sample()
+    d = 3
+    lam, U = np.linalg.eigh(np.cov(X.T))
+    lam, U = lam[::-1], U[:, ::-1]
+    noise = lam[d:].mean()
+    W = U[:, :d] * np.sqrt(lam[:d] - noise)
+    M = W.T @ W + noise * np.eye(d)
+    mean = (X - X.mean(0)) @ W @ np.linalg.inv(M)  # M is symmetric
+    loc, scale = mapa_setup.probabilistic_pca_codes(X, d)
+    signs = np.sign((loc * mean).sum(0))
+    np.testing.assert_allclose(loc * signs, mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(scale, np.broadcast_to(np.sqrt(noise / np.diag(M)), loc.shape),
+                               rtol=1e-9)
+    np.testing.assert_allclose(loc.var(0, ddof=1) + scale[0] ** 2, 1.0, rtol=1e-9)
+
+
+@pytest.mark.parametrize("shape, d, message", [
+    ((50, 4), 4, "latent_dim=4 needs more points and data dimensions than that; the data have "
+                 "50 points in 4 dimensions"),
+    ((3, 8), 3, "the data have 3 points in 8 dimensions"),
+])
+def test_probabilistic_pca_codes_refuse_a_latent_size_without_room(shape, d, message):
+    X = np.random.default_rng(0).normal(size=shape)
+    with pytest.raises(ValueError, match=message):
+        mapa_setup.probabilistic_pca_codes(X, d)
+
+
+def test_probabilistic_pca_codes_refuse_data_confined_to_the_latent_size():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 2)) @ rng.normal(size=(2, 6))  # rank 2 in 6 dimensions
+    with pytest.raises(ValueError, match="noise off the first 2 principal components; these "
+                                         "data lie in 2 dimensions"):
+        mapa_setup.probabilistic_pca_codes(X, 2)
+    assert (mapa_setup.probabilistic_pca_codes(X + 1e-3 * rng.normal(size=X.shape), 2)[1]
+            > 0).all()

@@ -54,6 +54,7 @@ _MAPA_SETTINGS = {
     "code_smoothing": "smooths the targets of MAPA's Gaussian codes",
     "code_freeze_at": "fixes MAPA's Gaussian codes",
     "code_mean_rate": "sets the steps of MAPA's Gaussian codes' means",
+    "code_start": "sets where MAPA's Gaussian codes start",
 }
 
 
@@ -236,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "code's width, each step's change of a mean multiplied by its width "
                         "(default: off, the means learn with the scales at "
                         "--code-learning-rate)")
+    p.add_argument("--code-start", choices=("auto", "atoms", "ppca"), default=None,
+                   help="MAPA's Gaussian codes: start at each point's posterior under the data's "
+                        "probabilistic PCA (ppca) or at the initial attachment's atoms (default "
+                        "auto: ppca above two latent dimensions under the normal prior)")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--n-test", type=_positive_int, default=5000,
                    help="fresh samples for the test KL")

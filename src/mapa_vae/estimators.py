@@ -30,12 +30,12 @@ from .evaluation import ImportanceEstimate, importance_log_marginal, prior_propo
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
 from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, code_neighbours,
-                         initial_candidates, prepare, run_pilots)
+                         initial_candidates, prepare, probabilistic_pca_codes, run_pilots)
 from .model import GenerativeModel
 from .networks import float64_decoder, mlp
 from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPABound,
                          PriorProposalBound)
-from .priors import Uniform, make_prior
+from .priors import StandardNormal, Uniform, make_prior
 from .proposals import atom_proposal, encoder_proposal, gaussian_codes_proposal
 from .schedules import (AggressiveEncoder, AttachmentUpdates, CodeFreezing, CodeSmoothing,
                         CodeTying, LoggedDiagnostics, WidthScaledCodeSteps)
@@ -394,9 +394,8 @@ class MAPADensity(_LatentDensity):
         atoms for ``latent_dim`` 1 and 2 (where they won: spiral, circle, swiss-roll, digits at
         ``d_z = 2``; the codes' density is not held to the prior, only each code's KL), Gaussian
         codes above (digits at ``d_z = 8`` on 16 whitened components, one evaluator, medians
-        of 3 seeds: 39.6 against 35.1 nats per image). Gaussian codes start at the atoms the
-        initial attachment gives each index (so ``init`` applies to both) with scale
-        ``code_scale``.
+        of 3 seeds: 39.6 against 35.1 nats per image). Where Gaussian codes start:
+        ``code_start``.
     weights : {"mapa", "identity"}, default="mapa"
         The index posterior ``W`` that training uses: MAPA's, or the identity (each point its own
         index, no kernel; an ablation measuring what MAPA's smoothing contributes).
@@ -410,8 +409,8 @@ class MAPADensity(_LatentDensity):
         whatever the gradient's size, so this sets how far positions drift between
         projections (README, "Atoms and attachment").
     code_scale : float, default=0.1
-        Initial ``s_n`` of every Gaussian code, in units of the prior (of the logit for the
-        uniform prior).
+        Initial ``s_n`` of every Gaussian code that starts at the atoms
+        (``code_start="atoms"``), in units of the prior (of the logit for the uniform prior).
     importance_samples : int, default=1
         Gaussian codes: draws ``K`` per code in each step, trained on the importance-weighted
         bound over them (:class:`~mapa_vae.objectives.GaussianCodesBound`; ``K B`` decoder
@@ -456,6 +455,17 @@ class MAPADensity(_LatentDensity):
         it gains on ``linear-gaussian`` and on digits up to ``latent_dim=16``, and loses on
         digits from 20 up and on the bundled tables (docs/gaussian_codes.md, "The means' steps
         in widths").
+    code_start : {"auto", "atoms", "ppca"}, default="auto"
+        Where Gaussian codes start. ``"atoms"``: at the atoms the initial attachment gives each
+        index (so ``init`` applies to both), with width ``code_scale``. ``"ppca"``: at each
+        point's posterior under the data's probabilistic PCA
+        (:func:`~mapa_vae.mapa_setup.probabilistic_pca_codes`; means and widths, from the data
+        alone, no attachment). ``"auto"``: ``"ppca"`` above two latent dimensions under the
+        normal prior with ``init="auto"`` (where ``latent_dim`` is below the number of points
+        and of data dimensions), else ``"atoms"``. PPCA's start keeps each point's principal
+        coordinates, which the atoms' transport scrambles locally: on ``linear-gaussian`` and
+        on digits at ``latent_dim`` 8 to 32 it scores higher (README, "How things are
+        computed").
     random_state : int, optional
         Seeds everything (network initialisation, minibatches, atoms).
     device : str, default="cpu"
@@ -503,7 +513,7 @@ class MAPADensity(_LatentDensity):
                  codes="auto", weights="mapa",
                  code_learning_rate=None, code_scale=0.1, importance_samples=1,
                  code_tying="auto", code_smoothing="auto", code_freeze_at="auto",
-                 code_mean_rate=None, dtype="float32"):
+                 code_mean_rate=None, code_start="auto", dtype="float32"):
         _keep_arguments(self, locals())
 
     def _check_settings(self) -> None:
@@ -550,6 +560,18 @@ class MAPADensity(_LatentDensity):
         if self.code_mean_rate is not None:
             self._gaussian_codes_only("code_mean_rate", "sets the steps of Gaussian codes' means",
                                       "code_mean_rate=None")
+        if self.code_start not in ("auto", "atoms", "ppca"):
+            raise ValueError(f"code_start must be 'auto', 'atoms' or 'ppca', got "
+                             f"{self.code_start!r}")
+        if self.code_start == "ppca":
+            self._gaussian_codes_only("code_start", "sets where Gaussian codes start",
+                                      "code_start='auto'")
+            if not self._normal_prior():
+                raise ValueError(f"code_start='ppca' starts the codes at a posterior under the "
+                                 f"normal prior; prior={self.prior!r} takes code_start='atoms'")
+            if not (isinstance(self.init, str) and self.init == "auto"):
+                raise ValueError("code_start='ppca' sets the codes' start itself; leave init at "
+                                 "'auto' or set code_start='atoms'")
 
     def _gaussian_codes_only(self, setting: str, what: str, off: str) -> None:
         """Refuses ``setting`` (which ``what``) where the codes are atoms, which take none;
@@ -570,6 +592,11 @@ class MAPADensity(_LatentDensity):
                         max_effective_neighbours=ceiling)
         self.features_, self.mapa_ = setup.features, setup.mapa
         if resume:
+            return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))
+        if self._code_start(X) == "ppca":  # no attachment: the codes start at PPCA's posterior
+            self.attachment_, self.pilot_bounds_ = "ppca", {}
+            self.attachment_reason_ = ("Gaussian codes start at the data's probabilistic-PCA "
+                                       "posterior (code_start)")
             return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))
         candidates = initial_candidates(setup, prior, seed, init=self.init, codes=self._codes(),
                                         steps=self.steps, pilot_steps=self.pilot_steps)
@@ -657,6 +684,21 @@ class MAPADensity(_LatentDensity):
             return float(self.code_freeze_at)
         return 0.75 if self._gaussian_above_two() else 1.0
 
+    def _normal_prior(self) -> bool:
+        return isinstance(make_prior(self.prior, check_positive_int(self.latent_dim,
+                                                                    "latent_dim")), StandardNormal)
+
+    def _code_start(self, X) -> str:
+        """``code_start`` with ``"auto"`` resolved: ``"ppca"`` for Gaussian codes above two
+        latent dimensions under the normal prior with ``init="auto"`` and ``latent_dim`` below
+        the number of points and of data dimensions, else ``"atoms"``."""
+        if self.code_start != "auto":
+            return self.code_start
+        ppca = (self._gaussian_above_two() and self._normal_prior()
+                and isinstance(self.init, str) and self.init == "auto"
+                and int(self.latent_dim) < min(X.shape))
+        return "ppca" if ppca else "atoms"
+
     def _codes(self) -> str:
         """``codes`` with ``"auto"`` resolved: atoms up to two latent dimensions, Gaussian
         above."""
@@ -679,13 +721,15 @@ class MAPADensity(_LatentDensity):
         if atoms:
             return MAPABound(model, W, X, Attachment(setup.atoms, perm),
                              code_lr_scale=rate / learning_rate)
-        loc = setup.atoms[perm]
-        if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
+        loc, scale = setup.atoms[perm], np.full(setup.atoms.shape, float(self.code_scale))
+        if self._code_start(X) == "ppca":
+            loc, scale = probabilistic_pca_codes(X, model.latent_dim)
+        elif isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
             clipped = np.clip(loc, 1e-6, 1 - 1e-6)
             loc = np.log(clipped) - np.log1p(-clipped)
         neighbours = code_neighbours(setup.representation) if self._code_tying() else None
         mean_rate = self.code_mean_rate
-        return GaussianCodesBound(model, W, X, loc, np.full_like(loc, float(self.code_scale)),
+        return GaussianCodesBound(model, W, X, loc, scale,
                                   code_lr_scale=rate / learning_rate,
                                   mean_lr_scale=None if mean_rate is None
                                   else mean_rate / learning_rate,

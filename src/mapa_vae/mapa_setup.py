@@ -119,6 +119,37 @@ def representation(X: np.ndarray, features, seed: int):
     return as_data(transformer.fit_transform(X), "features(X)", min_samples=2), transformer
 
 
+#: Probabilistic PCA's noise below this share of the leading eigenvalue counts as none.
+NOISE_FLOOR = 1e-10
+
+
+def probabilistic_pca_codes(X: np.ndarray, latent_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each training point's posterior ``N(loc_n, diag scale_n²)`` under the data's
+    probabilistic PCA (Tipping & Bishop, 1999), from the data alone.
+
+    With the sample covariance's eigenvalues ``λ_1 ≥ … ≥ λ_D``, eigenvectors ``U_d`` of the
+    first ``d`` and the maximum-likelihood noise ``σ̂² = mean(λ_{d+1}, …, λ_D)``, the fitted
+    model ``x = W z + x̄ + ε``, ``W = U_d (Λ_d − σ̂² I)^{1/2}``, ``z ~ N(0, I)``,
+    ``ε ~ N(0, σ̂² I)``, has the posterior
+
+        z | x_n ~ N((Λ_d − σ̂² I)^{1/2} Λ_d⁻¹ U_dᵀ (x_n − x̄),  σ̂² Λ_d⁻¹).
+
+    Needs ``d`` below both the number of points and of dimensions, and data not confined to
+    ``d`` dimensions (``σ̂² > NOISE_FLOOR · λ_1``)."""
+    n, D = X.shape
+    if not latent_dim < min(n, D):
+        raise ValueError(f"probabilistic PCA with latent_dim={latent_dim} needs more points and "
+                         f"data dimensions than that; the data have {n} points in {D} "
+                         f"dimensions")
+    pca = PCA(n_components=latent_dim, svd_solver="full").fit(X)
+    lam, noise = pca.explained_variance_, float(pca.noise_variance_)
+    if not noise > NOISE_FLOOR * lam[0]:  # rounding leaves eigenvalues of about 1e-16 λ_1
+        raise ValueError(f"probabilistic PCA needs noise off the first {latent_dim} principal "
+                         f"components; these data lie in {latent_dim} dimensions")
+    loc = pca.transform(X) * (np.sqrt(np.maximum(lam - noise, 0.0)) / lam)
+    return loc, np.broadcast_to(np.sqrt(noise / lam), loc.shape).copy()
+
+
 def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, bandwidth,
             sigma, effective_neighbours=None, max_effective_neighbours=None) -> MAPASetup:
     """MAPA's representation, weights and atoms for training data ``X`` of shape
