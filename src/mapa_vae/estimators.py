@@ -685,6 +685,7 @@ class MAPADensity(_LatentDensity):
         return 0.75 if self._gaussian_above_two() else 1.0
 
     def _normal_prior(self) -> bool:
+        """Whether the latent prior is the standard normal (by name or instance)."""
         return isinstance(make_prior(self.prior, check_positive_int(self.latent_dim,
                                                                     "latent_dim")), StandardNormal)
 
