@@ -591,12 +591,12 @@ class MAPADensity(_LatentDensity):
                         bandwidth=self.bandwidth, sigma=self.sigma, effective_neighbours=target,
                         max_effective_neighbours=ceiling)
         self.features_, self.mapa_ = setup.features, setup.mapa
-        if resume:
-            return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))
-        if self._code_start(X) == "ppca":  # no attachment: the codes start at PPCA's posterior
+        ppca = self._code_start(X) == "ppca"  # no attachment: the codes start at PPCA's posterior
+        if ppca and not resume:
             self.attachment_, self.pilot_bounds_ = "ppca", {}
             self.attachment_reason_ = ("Gaussian codes start at the data's probabilistic-PCA "
                                        "posterior (code_start)")
+        if resume or ppca:
             return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))
         candidates = initial_candidates(setup, prior, seed, init=self.init, codes=self._codes(),
                                         steps=self.steps, pilot_steps=self.pilot_steps)
@@ -722,12 +722,13 @@ class MAPADensity(_LatentDensity):
         if atoms:
             return MAPABound(model, W, X, Attachment(setup.atoms, perm),
                              code_lr_scale=rate / learning_rate)
-        loc, scale = setup.atoms[perm], np.full(setup.atoms.shape, float(self.code_scale))
         if self._code_start(X) == "ppca":
             loc, scale = probabilistic_pca_codes(X, model.latent_dim)
-        elif isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
-            clipped = np.clip(loc, 1e-6, 1 - 1e-6)
-            loc = np.log(clipped) - np.log1p(-clipped)
+        else:
+            loc, scale = setup.atoms[perm], np.full(setup.atoms.shape, float(self.code_scale))
+            if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
+                clipped = np.clip(loc, 1e-6, 1 - 1e-6)
+                loc = np.log(clipped) - np.log1p(-clipped)
         neighbours = code_neighbours(setup.representation) if self._code_tying() else None
         mean_rate = self.code_mean_rate
         return GaussianCodesBound(model, W, X, loc, scale,
