@@ -149,3 +149,28 @@ def test_cuda_training_scores_like_the_cpu():
     cpu = MAPADensity(sigma=0.1, steps=100, random_state=0).fit(X)
     gpu = MAPADensity(sigma=0.1, steps=100, random_state=0, device="cuda").fit(X)
     np.testing.assert_allclose(gpu.score_samples(X[:50]), cpu.score_samples(X[:50]), atol=1e-3)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gaussian_codes_start_and_score_like_the_cpu():
+    """Above two latent dimensions (Gaussian codes from the data's PPCA posterior, scored by the
+    one evaluator, which runs on the CPU in float64 wherever the model trained). The two devices
+    draw different noise, so they are compared where it cannot act: two steps at rates of 1e-12,
+    Adam moving each weight and code by at most about 2e-12. The decoder's means then differ by
+    about 1e-10 and each log-density, a sum over 12 coordinates of (x - f) / σ² times that, by
+    far less than 1e-6. A default fit on the device keeps its codes there."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 12)) + 0.3 * rng.normal(size=(200, 12))
+    settings = dict(latent_dim=3, steps=2, batch_size=50, learning_rate=1e-12,
+                    code_learning_rate=1e-12, dtype="float64", random_state=0)
+    cpu = MAPADensity(**settings).fit(X)
+    gpu = MAPADensity(device="cuda", **settings).fit(X)
+    assert gpu.attachment_ == "ppca" and gpu.objective_.loc.device.type == "cuda"
+    np.testing.assert_allclose(gpu.objective_.loc.detach().cpu().numpy(),
+                               cpu.objective_.loc.detach().numpy(), atol=1e-9)
+    np.testing.assert_allclose(gpu.score_samples(X[:10]), cpu.score_samples(X[:10]), atol=1e-6)
+    trained = MAPADensity(latent_dim=3, steps=50, batch_size=50, device="cuda",
+                          random_state=0).fit(X)
+    assert trained.objective_.loc.device.type == "cuda"
+    assert np.isfinite(trained.score_samples(X[:10])).all()
