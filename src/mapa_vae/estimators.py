@@ -736,7 +736,8 @@ class MAPADensity(_LatentDensity):
                                   mean_lr_scale=None if mean_rate is None
                                   else mean_rate / learning_rate,
                                   n_samples=int(self.importance_samples), neighbours=neighbours,
-                                  code_weights=self._code_weights(setup))
+                                  code_weights=self._code_weights(setup),
+                                  dtype=self._torch_dtype())
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
