@@ -151,7 +151,6 @@ def test_cuda_training_scores_like_the_cpu():
     np.testing.assert_allclose(gpu.score_samples(X[:50]), cpu.score_samples(X[:50]), atol=1e-3)
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gaussian_codes_start_and_score_like_the_cpu():
     """Above two latent dimensions (Gaussian codes from the data's PPCA posterior, scored by the
