@@ -5,7 +5,7 @@ import torch
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from mapa_vae import datasets, test_kl
-from mapa_vae.atoms import POSITION_RATE
+from mapa_vae.atoms import POSITION_RATE, stratified_atoms
 from mapa_vae.estimators import (DiscretePosterior, GaussianPosterior, IWAEDensity,
                                  LaggingVAEDensity, MAPADensity, MixturePosterior, PriorISDensity,
                                  VAEDensity)
@@ -181,6 +181,26 @@ def test_codes_are_tied_and_fixed_late_by_default_only_where_they_are_gaussian_b
     two = MAPADensity(latent_dim=2, codes="gaussian", **settings).fit(X)
     assert two.objective_.tie_strength == 0.0 and two.objective_.neighbours is None
     assert two.objective_.loc.requires_grad
+
+
+def test_atoms_and_targets_are_kept_in_the_trainings_dtype():
+    """With ``dtype="float64"`` the atoms and MAPA's targets ``x̄_n = Σ_i W_in x_i / m_n`` are
+    built in float64, not rounded to float32 first: they equal NumPy's float64 values to a few
+    units in the last place (rtol 1e-14) before training moves anything (one step at rate 1e-12
+    moves no buffer)."""
+    X, _ = datasets.get("circle").sample(120, seed=0)
+    est = MAPADensity(sigma=0.1, steps=1, learning_rate=1e-12, dtype="float64",
+                      random_state=0).fit(X)
+    objective = est.objective_
+    assert objective.xbar.dtype == objective.attachment.atoms.dtype == torch.float64
+    W = objective.weights
+    mass = np.asarray(W.sum(axis=0)).ravel()
+    np.testing.assert_allclose(objective.mass.numpy(), mass, rtol=1e-14)
+    np.testing.assert_allclose(objective.xbar.numpy(), (W.T @ X) / mass[:, None], rtol=1e-14,
+                               atol=1e-15)
+    atoms = stratified_atoms(est.model_.prior, X.shape[0])
+    np.testing.assert_array_equal(np.sort(objective.attachment.atoms.numpy(), axis=0),
+                                  np.sort(atoms, axis=0))
 
 
 def test_gaussian_codes_start_at_the_datas_probabilistic_pca_posterior_by_default():

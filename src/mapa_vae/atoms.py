@@ -447,12 +447,13 @@ class Attachment(nn.Module):
     """Fixed atoms, the permutation attaching them to indices, and relaxed positions.
 
     ``codes(idx)`` returns the attached atoms with the gradient passed straight through to the
-    positions; :meth:`project` and :meth:`reattach` change only the permutation.
+    positions; :meth:`project` and :meth:`reattach` change only the permutation. ``dtype``: the
+    floating type the atoms and positions are kept in (the training's).
     """
 
-    def __init__(self, atoms: np.ndarray, perm: np.ndarray):
+    def __init__(self, atoms: np.ndarray, perm: np.ndarray, dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.register_buffer("atoms", torch.as_tensor(atoms, dtype=torch.float32))
+        self.register_buffer("atoms", torch.as_tensor(atoms, dtype=dtype))
         self.register_buffer("perm", torch.as_tensor(perm, dtype=torch.long))
         self.positions = nn.Parameter(self.atoms[self.perm].clone())
         self._reattach_calls = 0

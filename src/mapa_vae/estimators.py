@@ -720,8 +720,9 @@ class MAPADensity(_LatentDensity):
         rate = ((POSITION_RATE if atoms else 3) * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
         if atoms:
-            return MAPABound(model, W, X, Attachment(setup.atoms, perm),
-                             code_lr_scale=rate / learning_rate)
+            dtype = self._torch_dtype()
+            return MAPABound(model, W, X, Attachment(setup.atoms, perm, dtype),
+                             code_lr_scale=rate / learning_rate, dtype=dtype)
         if self._code_start(X) == "ppca":
             loc, scale = probabilistic_pca_codes(X, model.latent_dim)
         else:

@@ -164,16 +164,18 @@ class MAPABound(Objective):
     """The MAPA lower bound on the empiricalized model; trains the generative model only.
 
     ``weights`` is the ``N × N`` row-stochastic MAPA matrix of the training data ``X``;
-    ``attachment`` carries the atoms. Minibatches index atoms (columns of ``W``).
+    ``attachment`` carries the atoms. Minibatches index atoms (columns of ``W``). ``dtype``: the
+    floating type the targets are kept in (the training's).
     """
 
     name = "mapa"
     batch_over = "atoms"
 
     def __init__(self, model: GenerativeModel, weights: sparse.spmatrix, X: np.ndarray,
-                 attachment: Attachment, code_lr_scale: float = 1.0):
+                 attachment: Attachment, code_lr_scale: float = 1.0,
+                 dtype: torch.dtype = torch.float32):
         super().__init__(model)
-        W = _register_targets(self, weights, X)
+        W = _register_targets(self, weights, X, dtype)
         n = W.shape[0]
         entropy = -float(np.sum(W.data * np.log(W.data, where=W.data > 0,
                                                 out=np.zeros_like(W.data))))
