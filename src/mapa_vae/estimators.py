@@ -716,11 +716,11 @@ class MAPADensity(_LatentDensity):
         else:
             W = setup.mapa.weights_
         atoms = self._codes() == "atoms"
+        dtype = self._torch_dtype()
         learning_rate = self._learning_rate()
         rate = ((POSITION_RATE if atoms else 3) * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
         if atoms:
-            dtype = self._torch_dtype()
             return MAPABound(model, W, X, Attachment(setup.atoms, perm, dtype),
                              code_lr_scale=rate / learning_rate, dtype=dtype)
         if self._code_start(X) == "ppca":
@@ -737,8 +737,7 @@ class MAPADensity(_LatentDensity):
                                   mean_lr_scale=None if mean_rate is None
                                   else mean_rate / learning_rate,
                                   n_samples=int(self.importance_samples), neighbours=neighbours,
-                                  code_weights=self._code_weights(setup),
-                                  dtype=self._torch_dtype())
+                                  code_weights=self._code_weights(setup), dtype=dtype)
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
