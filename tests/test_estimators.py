@@ -231,6 +231,35 @@ def test_gaussian_codes_start_at_the_datas_probabilistic_pca_posterior_by_defaul
     assert MAPADensity(**settings)._code_start(X) == "ppca"
 
 
+def test_gaussian_codes_stay_at_the_ppca_start_where_the_data_pass_the_test_of_ppca():
+    """``code_freeze_at="auto"``: on data that probabilistic PCA describes (isotropic noise;
+    Bartlett's test passes) the codes stay exactly at the PPCA posterior while the decoder
+    trains, one decoder pass per index (the smoother targets need learning codes). On the same
+    data bent by ``tanh`` the test fails and the codes learn, as they do on the first data with
+    ``code_freeze_at=0.75`` given. ``attachment_reason_`` says which and why."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(200, 8))
+    settings = dict(latent_dim=3, steps=20, batch_size=50, log_every=1, dtype="float64",
+                    random_state=0)
+    kept = MAPADensity(**settings).fit(X)
+    loc, scale = probabilistic_pca_codes(X, 3)
+    assert kept.ppca_isotropy_pvalue_ >= 0.01 and "so the codes stay there" in \
+        kept.attachment_reason_
+    assert torch.equal(kept.objective_.loc.detach(), torch.tensor(loc))
+    np.testing.assert_allclose(kept.objective_.log_scale.exp().detach().numpy(), scale,
+                               rtol=1e-14)
+    bound = [row["bound_full"] for row in kept.history_]  # the decoder learns on
+    assert kept.passes_per_step_ == 50 and bound[-1] > bound[0] + 1
+    for moved in (MAPADensity(**settings).fit(np.tanh(X)),
+                  MAPADensity(code_freeze_at=0.75, **settings).fit(X)):
+        start = probabilistic_pca_codes(moved.objective_.X, 3)[0]
+        assert not np.allclose(moved.objective_.loc.detach().numpy(), start, atol=1e-3)
+    bent = MAPADensity(**settings).fit(np.tanh(X))
+    assert bent.ppca_isotropy_pvalue_ < 0.01 and "learn until 0.75" in bent.attachment_reason_
+    assert MAPADensity(codes="gaussian", latent_dim=2, steps=2).fit(X).ppca_isotropy_pvalue_ \
+        is None
+
+
 def test_the_means_steps_are_the_plain_steps_times_the_codes_widths(circle, monkeypatch):
     """``code_mean_rate``: the means train in their own group at that rate, and each step's
     change of ``μ_n`` is multiplied by ``s_n``. Against the same fit whose rescaling is skipped
@@ -408,8 +437,8 @@ def test_mapa_beats_the_vae_on_the_circle_given_the_true_ordering():
     (lambda: MAPADensity(code_tying=-1.0, codes="gaussian", steps=2),
      "code_tying must be 'auto' or a non-negative number"),
     (lambda: MAPADensity(code_tying=1.0, steps=2), "code_tying ties Gaussian codes"),
-    (lambda: MAPADensity(code_freeze_at=0.0, codes="gaussian", steps=2),
-     r"code_freeze_at must be 'auto' or a share of the steps in \(0, 1\], got 0.0"),
+    (lambda: MAPADensity(code_freeze_at=-0.5, codes="gaussian", steps=2),
+     r"code_freeze_at must be 'auto' or a share of the steps in \[0, 1\], got -0.5"),
     (lambda: MAPADensity(code_freeze_at=1.5, codes="gaussian", steps=2), "got 1.5"),
     (lambda: MAPADensity(code_freeze_at=0.5, steps=2), "code_freeze_at fixes Gaussian codes"),
     (lambda: MAPADensity(code_smoothing=0.5, codes="gaussian", steps=2),

@@ -216,3 +216,49 @@ def test_probabilistic_pca_codes_refuse_data_confined_to_the_latent_size():
         mapa_setup.probabilistic_pca_codes(X, 2)
     assert (mapa_setup.probabilistic_pca_codes(X + 1e-3 * rng.normal(size=X.shape), 2)[1]
             > 0).all()
+
+
+def test_residual_isotropy_is_certain_where_the_last_variances_are_exactly_equal():
+    """Columns orthogonal after centring, with norms 10, 8, 6 and then all 1: the sample
+    covariance is ``diag(100, 64, 36, 1, …, 1) / (N − 1)``, every residual log-ratio is 0 up to
+    rounding, the statistic 0 and its p-value 1. Dropping the third component leaves an unequal
+    residual (36 against 1), which the test rejects."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(200, 9))
+    Q, _ = np.linalg.qr(A - A.mean(0))
+    X = Q * np.array([10, 8, 6] + [1] * 6)
+    assert mapa_setup.residual_isotropy_pvalue(X, 3) > 1 - 1e-9
+    assert mapa_setup.residual_isotropy_pvalue(X, 2) < 1e-12
+
+
+def test_residual_isotropy_pvalues_are_uniform_under_ppca_and_small_off_it():
+    """Under probabilistic PCA (isotropic noise) the p-values of 40 samples are about uniform:
+    2 of 40 expected below 0.05 (at most 6 allowed: a binomial tail of 0.3%), a mean near ½.
+    With the noise's spread differing between coordinates (0.3 and 0.4) the test rejects."""
+    pvalues = np.array([mapa_setup.residual_isotropy_pvalue(_linear_gaussian_sample(seed=s), 3)
+                        for s in range(40)])
+    assert (pvalues < 0.05).sum() <= 6 and 0.35 < pvalues.mean() < 0.65
+    rng = np.random.default_rng(0)
+    X = _linear_gaussian_sample(n=2000, sigma=0.0) + rng.normal(size=(2000, 7)) * np.array(
+        [0.3] * 4 + [0.4] * 3)
+    assert mapa_setup.residual_isotropy_pvalue(X, 3) < 1e-6
+
+
+def test_residual_isotropy_is_unchanged_by_rotation_translation_and_scale():
+    """The test reads only the covariance's eigenvalues, and their ratios: a rotation, a shift
+    and a common scale of the data leave the p-value as it is, up to rounding."""
+    X = _linear_gaussian_sample(seed=1)
+    R, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(7, 7)))
+    p = mapa_setup.residual_isotropy_pvalue(X, 3)
+    assert 0.01 < p < 0.99
+    np.testing.assert_allclose(mapa_setup.residual_isotropy_pvalue(3.0 * X @ R - 5.0, 3), p,
+                               rtol=1e-6)
+
+
+def test_residual_isotropy_does_not_apply_without_room_and_rejects_a_zero_variance():
+    rng = np.random.default_rng(0)
+    assert math.isnan(mapa_setup.residual_isotropy_pvalue(rng.normal(size=(6, 8)), 2))  # N ≤ D
+    assert math.isnan(mapa_setup.residual_isotropy_pvalue(rng.normal(size=(50, 4)), 3))  # q = 1
+    X = rng.normal(size=(50, 5))
+    X[:, 4] = 2.0  # a constant column: a zero variance among the last ones
+    assert mapa_setup.residual_isotropy_pvalue(X, 2) == 0.0

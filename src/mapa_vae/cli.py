@@ -230,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pass per index (default 1.25 above two latent dimensions; 0: off)")
     p.add_argument("--code-freeze-at", type=float, default=None, metavar="SHARE",
                    help="MAPA's Gaussian codes: fixed after this share of the steps, the "
-                        "decoder training on (default 0.75 above two latent dimensions, 1 "
-                        "below; 1: the codes learn throughout)")
+                        "decoder training on (default above two latent dimensions: 0, the "
+                        "codes kept at their start, where they start at the data's PPCA "
+                        "posterior and the data pass the test that PPCA is their model, else "
+                        "0.75; 1 below; 1: the codes learn throughout)")
     p.add_argument("--code-mean-rate", type=float, default=None, metavar="RATE",
                    help="MAPA's Gaussian codes: peak rate of the codes' means in units of each "
                         "code's width, each step's change of a mean multiplied by its width "

@@ -30,7 +30,8 @@ from .evaluation import ImportanceEstimate, importance_log_marginal, prior_propo
 from .likelihood import GaussianLikelihood, mixture_log_responsibilities
 from .mapa import MAPAPosterior
 from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, code_neighbours,
-                         initial_candidates, prepare, probabilistic_pca_codes, run_pilots)
+                         initial_candidates, prepare, probabilistic_pca_codes,
+                         residual_isotropy_pvalue, run_pilots)
 from .model import GenerativeModel
 from .networks import float64_decoder, mlp
 from .objectives import (ELBO, GaussianCodesBound, IWAEBound, LaggingELBO, MAPABound,
@@ -44,6 +45,9 @@ from .validation import as_data, check_non_negative_int, check_positive_int
 
 #: Floating-point types training can run in (evaluation is always float64).
 TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The level of the test that decides whether the data's probabilistic PCA is their model
+#: (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; ``code_freeze_at="auto"``).
+ISOTROPY_LEVEL = 0.01
 #: The optimisation defaults every estimator shares (:class:`~mapa_vae.trainer.TrainingSettings`).
 _TRAINING = TrainingSettings()
 
@@ -437,10 +441,14 @@ class MAPADensity(_LatentDensity):
         targets throughout). docs/gaussian_codes.md has what it measured on digits.
     code_freeze_at : "auto" or float, default="auto"
         Gaussian codes: the share of the steps after which the codes stay fixed and the decoder
-        and ``σ`` alone train on (1: the codes learn throughout). An early stop of the codes
-        alone, against their late over-fitting; docs/gaussian_codes.md has what it measured on
-        digits and ``linear-gaussian``. ``"auto"``: 0.75 for Gaussian codes above two latent
-        dimensions, else 1.
+        and ``σ`` alone train on (1: the codes learn throughout; 0: they stay at their start).
+        An early stop of the codes alone, against their late over-fitting;
+        docs/gaussian_codes.md has what it measured on digits and ``linear-gaussian``.
+        ``"auto"``, for Gaussian codes above two latent dimensions: 0 where they start at the
+        data's PPCA posterior and the data pass Bartlett's test that PPCA is their model (the
+        last ``D − latent_dim`` principal variances equal, p ≥ :data:`ISOTROPY_LEVEL`;
+        :func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`), for that start is then the
+        model's posterior and learning the codes only over-fits them; else 0.75. 1 below.
     code_mean_rate : float, optional
         Gaussian codes: the peak rate ``r`` of the codes' means in units of each code's own
         width. The means train in an optimiser group of their own at rate ``r`` (the
@@ -490,7 +498,13 @@ class MAPADensity(_LatentDensity):
     attachment_reason_ : str
         Why ``attachment_`` was used, in words: the pilots' choice, or why they did not run (a
         single candidate, ``pilot_steps=0``, too few ``steps`` for every candidate's pilot, an
-        ``init`` other than ``"auto"``).
+        ``init`` other than ``"auto"``); for codes starting at the data's PPCA posterior, what
+        the test that PPCA is their model found and what ``code_freeze_at="auto"`` made of it.
+    ppca_isotropy_pvalue_ : float or None
+        Where the codes start at the data's PPCA posterior, the p-value of Bartlett's test that
+        the data's last ``D − latent_dim`` principal variances are equal
+        (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; NaN where it does not apply);
+        else ``None``.
 
     Examples
     --------
@@ -551,10 +565,10 @@ class MAPADensity(_LatentDensity):
             self._gaussian_codes_only("code_tying", "ties Gaussian codes", "leave code_tying at 0")
         freeze = self.code_freeze_at
         if not ((isinstance(freeze, str) and freeze == "auto")
-                or (_finite_number(freeze) and 0 < freeze <= 1)):
-            raise ValueError(f"code_freeze_at must be 'auto' or a share of the steps in (0, 1], "
+                or (_finite_number(freeze) and 0 <= freeze <= 1)):
+            raise ValueError(f"code_freeze_at must be 'auto' or a share of the steps in [0, 1], "
                              f"got {freeze!r}")
-        if self._code_freeze_at() < 1:
+        if not isinstance(freeze, str) and freeze < 1:
             self._gaussian_codes_only("code_freeze_at", "fixes Gaussian codes",
                                       "leave code_freeze_at at 1")
         if self.code_mean_rate is not None:
@@ -592,10 +606,12 @@ class MAPADensity(_LatentDensity):
                         max_effective_neighbours=ceiling)
         self.features_, self.mapa_ = setup.features, setup.mapa
         ppca = self._code_start(X) == "ppca"  # no attachment: the codes start at PPCA's posterior
+        self.ppca_isotropy_pvalue_ = (residual_isotropy_pvalue(X, self.latent_dim) if ppca
+                                      else None)
         if ppca and not resume:
             self.attachment_, self.pilot_bounds_ = "ppca", {}
             self.attachment_reason_ = ("Gaussian codes start at the data's probabilistic-PCA "
-                                       "posterior (code_start)")
+                                       "posterior (code_start)" + self._ppca_verdict())
         if resume or ppca:
             return self._trainer(X, seed, monitor, start=(setup, np.arange(X.shape[0])))
         candidates = initial_candidates(setup, prior, seed, init=self.init, codes=self._codes(),
@@ -678,11 +694,38 @@ class MAPADensity(_LatentDensity):
         return smoother.weights_ if smoother.bandwidth_ > 1.01 * current else None
 
     def _code_freeze_at(self) -> float:
-        """``code_freeze_at`` with ``"auto"`` resolved: 0.75 for Gaussian codes above two
-        latent dimensions, else 1."""
+        """``code_freeze_at`` with ``"auto"`` resolved: for Gaussian codes above two latent
+        dimensions 0 where they start at the data's PPCA posterior and the data pass the test
+        that PPCA is their model (``ppca_isotropy_pvalue_`` at least :data:`ISOTROPY_LEVEL`),
+        else 0.75; 1 below."""
         if self.code_freeze_at != "auto":
             return float(self.code_freeze_at)
-        return 0.75 if self._gaussian_above_two() else 1.0
+        if not self._gaussian_above_two():
+            return 1.0
+        return 0.0 if self._ppca_is_the_model() else 0.75
+
+    def _ppca_is_the_model(self) -> bool:
+        """Whether the codes start at the data's PPCA posterior and the data pass Bartlett's
+        test that PPCA describes them, at :data:`ISOTROPY_LEVEL` (known once :meth:`_setup` has
+        run)."""
+        p = self.ppca_isotropy_pvalue_
+        return p is not None and p >= ISOTROPY_LEVEL
+
+    def _ppca_verdict(self) -> str:
+        """What the test that PPCA is the data's model found, and what it means for the codes
+        under ``code_freeze_at="auto"``, as a clause."""
+        p, level = self.ppca_isotropy_pvalue_, ISOTROPY_LEVEL
+        if self._ppca_is_the_model():
+            verdict = f"; the data pass the test that PPCA is their model (p = {p:.3g} ≥ {level})"
+        elif p is not None and p == p:
+            verdict = f"; the data fail the test that PPCA is their model (p = {p:.2g} < {level})"
+        else:
+            verdict = "; the test that PPCA is the data's model does not apply to them"
+        if self.code_freeze_at != "auto":
+            return verdict
+        if self._ppca_is_the_model():
+            return verdict + ", so the codes stay there (code_freeze_at)"
+        return verdict + ", so the codes learn until 0.75 of the steps (code_freeze_at)"
 
     def _normal_prior(self) -> bool:
         """Whether the latent prior is the standard normal (by name or instance)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sklearn.base import clone
+from scipy import stats
 from sklearn.decomposition import PCA
 
 from .atoms import (candidate_attachments, initial_attachment, least_rough, stratified_atoms,
@@ -148,6 +149,40 @@ def probabilistic_pca_codes(X: np.ndarray, latent_dim: int) -> tuple[np.ndarray,
                          f"components; these data lie in {latent_dim} dimensions")
     loc = pca.transform(X) * (np.sqrt(np.maximum(lam - noise, 0.0)) / lam)
     return loc, np.broadcast_to(np.sqrt(noise / lam), loc.shape).copy()
+
+
+def residual_isotropy_pvalue(X: np.ndarray, latent_dim: int) -> float:
+    """The p-value of Bartlett's test that the data's last ``q = D − d`` principal variances are
+    equal: that probabilistic PCA with ``d = latent_dim`` components, whose noise is isotropic,
+    describes the data.
+
+    With the sample covariance's eigenvalues ``l_1 ≥ … ≥ l_D`` (divisor ``n = N − 1``) and
+    ``l̄`` the mean of the last ``q``, the statistic (Bartlett, 1950, with Lawley's 1956
+    correction; Jolliffe, *Principal Component Analysis*, §6.1.4)
+
+        T = −(n − d − (2q² + q + 2) / (6q) + Σ_{j ≤ d} l̄² / (l_j − l̄)²) · Σ_{j > d} log(l_j / l̄)
+
+    is ``χ²`` with ``(q + 2)(q − 1) / 2`` degrees of freedom under the hypothesis. A zero
+    variance among the last ``q`` (data confined to fewer dimensions) gives 0; NaN where the
+    test does not apply: fewer than two residual dimensions, no more points than dimensions,
+    or too few points for the correction."""
+    X = as_data(X, "X")
+    n_points, D = X.shape
+    d = check_positive_int(latent_dim, "latent_dim")
+    q = D - d
+    if q < 2 or n_points <= D:
+        return float("nan")
+    lam = np.sort(np.linalg.eigvalsh(np.cov(X, rowvar=False)))[::-1]
+    rest = lam[d:]
+    if not rest[-1] > NOISE_FLOOR * lam[0]:  # rounding leaves about 1e-16 λ_1 for a zero
+        return 0.0
+    bar = rest.mean()
+    scale = (n_points - 1 - d - (2 * q * q + q + 2) / (6 * q)
+             + bar**2 * np.sum(1.0 / (lam[:d] - bar) ** 2))
+    if not scale > 0:
+        return float("nan")
+    statistic = -scale * np.sum(np.log(rest / bar))
+    return float(stats.chi2.sf(statistic, (q + 2) * (q - 1) / 2))
 
 
 def prepare(X: np.ndarray, prior: Prior, seed: int, *, features, n_neighbors, bandwidth,
