@@ -169,6 +169,14 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
 
     from mapa_vae import MAPAPosterior, datasets
     from mapa_vae.experiment import RunConfig, sample_data
+    from mapa_vae.mapa_setup import residual_isotropy_pvalue
+
+    # the test that PPCA is the data's model, recorded where the codes start at its posterior
+    lg, _, _ = sample_data(RunConfig(dataset="linear-gaussian", n_train=200),
+                           datasets.get("linear-gaussian"))
+    assert drawn["ppca_isotropy_pvalue"] == residual_isotropy_pvalue(lg, 8)
+    assert "ppca_isotropy_pvalue" not in json.loads((atoms / "metrics.json").read_text())
+    assert "ppca_isotropy_pvalue" not in metrics
 
     X, _, _ = sample_data(RunConfig(dataset="circle", n_train=200), datasets.get("circle"))
     expected = MAPAPosterior(effective_neighbours=3.0).fit(X).bandwidth_

@@ -20,9 +20,14 @@ from .estimators import (IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDen
 
 def _mapa_metrics(estimator) -> dict:
     """MAPA's own numbers for a run: its bound (and, for atoms, the gap to ``log p̂``) over the
-    training points, and its kernel's bandwidth, neighbours and truncation bound."""
+    training points, its kernel's bandwidth, neighbours and truncation bound, and, where the
+    codes start at the data's PPCA posterior, the p-value of the test that PPCA is the data's
+    model (``None`` where the test does not apply)."""
     exact = estimator.bound_per_point()
     out = {"gap": float(exact["gap"].mean())} if "gap" in exact else {}
+    p = estimator.ppca_isotropy_pvalue_
+    if p is not None:
+        out["ppca_isotropy_pvalue"] = p if p == p else None  # NaN: not applicable
     return {**out, "bound": float(exact["bound"].mean()), "bandwidth": estimator.mapa_.bandwidth_,
             "n_neighbors": int(estimator.mapa_.neighbors_.shape[1]),
             "truncation_bound_max": float(estimator.mapa_.truncation_bound_.max())}
