@@ -717,7 +717,7 @@ class MAPADensity(_LatentDensity):
         p, level = self.ppca_isotropy_pvalue_, ISOTROPY_LEVEL
         if self._ppca_is_the_model():
             verdict = f"; the data pass the test that PPCA is their model (p = {p:.3g} ≥ {level})"
-        elif p is not None and p == p:
+        elif p == p:  # not NaN
             verdict = f"; the data fail the test that PPCA is their model (p = {p:.2g} < {level})"
         else:
             verdict = "; the test that PPCA is the data's model does not apply to them"

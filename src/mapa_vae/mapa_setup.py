@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.base import clone
 from scipy import stats
+from sklearn.base import clone
 from sklearn.decomposition import PCA
 
 from .atoms import (candidate_attachments, initial_attachment, least_rough, stratified_atoms,
