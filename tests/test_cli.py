@@ -143,7 +143,7 @@ def test_fit_names_a_file_dataset_by_its_object_and_reports_nan_from_f(tmp_path,
     assert err.count("\n") == 1 and not (tmp_path / "nan").exists()
 
 
-def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
+def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path, capsys):
     out = tmp_path / "fit"
     assert main(["fit", "--dataset", "circle", "--effective-neighbours", "3", "--steps", "5",
                  "--n-train", "200", "--n-test", "20", "--quiet", "--out", str(out)]) == 0
@@ -175,6 +175,8 @@ def test_fit_sets_the_mapa_kernel_width_by_effective_neighbours(tmp_path):
     lg, _, _ = sample_data(RunConfig(dataset="linear-gaussian", n_train=200),
                            datasets.get("linear-gaussian"))
     assert drawn["ppca_isotropy_pvalue"] == residual_isotropy_pvalue(lg, 8)
+    assert f"  PPCA is the model, p      {drawn['ppca_isotropy_pvalue']:.3g}\n" in \
+        capsys.readouterr().out
     assert "ppca_isotropy_pvalue" not in json.loads((atoms / "metrics.json").read_text())
     assert "ppca_isotropy_pvalue" not in metrics
 

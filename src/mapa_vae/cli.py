@@ -110,6 +110,9 @@ def _print_fit(metrics: dict, out: str) -> None:
         rows.append(("MAPA bound / its gap", f"{metrics['bound']:.4f} / {metrics['gap']:.4f}"))
     elif "bound" in metrics:
         rows.append(("MAPA bound", f"{metrics['bound']:.4f}"))
+    if "ppca_isotropy_pvalue" in metrics:  # the codes started at the data's PPCA posterior
+        p = metrics["ppca_isotropy_pvalue"]
+        rows.append(("PPCA is the model, p", "(test does not apply)" if p is None else f"{p:.3g}"))
     for name, value in rows:
         print(f"  {name:<26}{value}")
     print(f"wrote metrics.json, history.csv, checkpoint.pt and fit.png in {out}")
