@@ -156,9 +156,10 @@ def test_cuda_gaussian_codes_start_and_score_like_the_cpu():
     """Above two latent dimensions (Gaussian codes from the data's PPCA posterior, scored by the
     one evaluator, which runs on the CPU in float64 wherever the model trained). The two devices
     draw different noise, so they are compared where it cannot act: two steps at rates of 1e-12,
-    Adam moving each weight and code by at most about 2e-12. The decoder's means then differ by
-    about 1e-10 and each log-density, a sum over 12 coordinates of (x - f) / σ² times that, by
-    far less than 1e-6. A default fit on the device keeps its codes there."""
+    Adam moving each weight by at most about 2e-12 (the codes, here, not at all: these data pass
+    the test that PPCA is their model, so they stay at its posterior). The decoder's means then
+    differ by about 1e-10 and each log-density, a sum over 12 coordinates of (x - f) / σ² times
+    that, by far less than 1e-6. A default fit on the device keeps its codes there."""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 12)) + 0.3 * rng.normal(size=(200, 12))
     settings = dict(latent_dim=3, steps=2, batch_size=50, learning_rate=1e-12,

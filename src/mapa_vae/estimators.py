@@ -723,9 +723,10 @@ class MAPADensity(_LatentDensity):
             verdict = "; the test that PPCA is the data's model does not apply to them"
         if self.code_freeze_at != "auto":
             return verdict
-        if self._ppca_is_the_model():
+        share = self._code_freeze_at()
+        if share == 0:
             return verdict + ", so the codes stay there (code_freeze_at)"
-        return verdict + ", so the codes learn until 0.75 of the steps (code_freeze_at)"
+        return verdict + f", so the codes learn until {share:g} of the steps (code_freeze_at)"
 
     def _normal_prior(self) -> bool:
         """Whether the latent prior is the standard normal (by name or instance)."""
