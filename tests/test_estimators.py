@@ -691,3 +691,66 @@ def test_kernel_width_is_chosen_on_held_out_points_by_grid_search(circle):
     assert best.n_features_in_ == 2 and best.mapa_.weights_.shape == (300, 300)
     assert clone(base).set_params(effective_neighbours=3.0).fit(X).mapa_.bandwidth_rule_ == \
         "effective_neighbours"
+
+
+# --- the Bernoulli likelihood -------------------------------------------------------------
+def _binary_rows(n=200, d=10, seed=0):
+    """Binary rows of ``d`` pixels: a latent switch and pixel flips."""
+    rng = np.random.default_rng(seed)
+    on = rng.random((n, 1)) < 0.4
+    return (on ^ (rng.random((n, d)) < 0.15)).astype(float)
+
+
+ALL_BINARY = np.array([[(v >> j) & 1 for j in range(10)] for v in range(2**10)], dtype=float)
+
+
+@pytest.mark.parametrize("method", sorted(ESTIMATORS))
+def test_a_bernoulli_model_is_a_distribution_over_binary_vectors(method):
+    """With one latent dimension quadrature is exact up to rounding, so Σ_x p_θ(x) over all 2¹⁰
+    binary vectors is Σ_m w_m Σ_x p(x | y_m) = 1, whatever the training did; samples are binary."""
+    est = make_estimator(method, likelihood="bernoulli", steps=20, batch_size=50,
+                         random_state=0).fit(_binary_rows())
+    log_p = est.score_samples(ALL_BINARY)
+    assert np.all(log_p < 0)
+    assert np.exp(log_p).sum() == pytest.approx(1.0, abs=1e-10)
+    assert set(np.unique(est.sample(50, random_state=0))) <= {0.0, 1.0}
+    assert est.sigma_ is None
+
+
+@pytest.mark.parametrize("method, passes", [("mapa", 50), ("mapa-gaussian", 50), ("vae", 100),
+                                            ("iwae", 550)])
+def test_a_bernoulli_likelihood_keeps_each_methods_passes_per_step(method, passes):
+    est = make_estimator(method, likelihood="bernoulli", latent_dim=2, steps=4, batch_size=50,
+                         pilot_steps=0, random_state=0) if method.startswith("mapa") else \
+        make_estimator(method, likelihood="bernoulli", latent_dim=2, steps=4, batch_size=50,
+                       random_state=0)
+    est.fit(np.random.default_rng(1).random((100, 5)))
+    assert est.passes_per_step_ == passes
+
+
+def test_bernoulli_gaussian_codes_skip_the_test_of_ppca():
+    X = np.random.default_rng(2).random((120, 6))
+    est = MAPADensity(likelihood="bernoulli", latent_dim=3, steps=20, random_state=0).fit(X)
+    assert est.ppca_isotropy_pvalue_ is None
+    assert "applies under the Gaussian likelihood only" in est.attachment_reason_
+    log_p = est.log_likelihood(_binary_rows(5, 6), n_samples=200).log_prob
+    assert np.all(np.isfinite(log_p)) and np.all(log_p < 0)
+
+
+def test_bernoulli_settings_and_data_are_checked_before_any_work():
+    X = np.random.default_rng(3).random((30, 3))
+    with pytest.raises(ValueError, match="sigma=0.2 is the Gaussian likelihood's noise; "
+                                         "likelihood='bernoulli' has none"):
+        MAPADensity(likelihood="bernoulli", sigma=0.2, steps=2).fit(X)
+    with pytest.raises(ValueError, match=r"X: the Bernoulli likelihood takes values in \[0, 1\]"):
+        VAEDensity(likelihood="bernoulli", steps=2).fit(X * 2)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        IWAEDensity(likelihood="poisson", steps=2).fit(X)
+
+
+def test_a_bernoulli_checkpoint_round_trips(tmp_path):
+    est = MAPADensity(likelihood="bernoulli", steps=10, random_state=0).fit(_binary_rows())
+    est.save(tmp_path / "m.pt")
+    back = MAPADensity.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(back.score_samples(ALL_BINARY),
+                                  est.score_samples(ALL_BINARY))

@@ -1,4 +1,5 @@
-"""The Gaussian likelihood and its mixtures: closed forms, chunking, extreme values, errors."""
+"""The likelihoods and their mixtures: closed forms, the weighted sums MAPA's bound takes,
+chunking, extreme values, errors."""
 import math
 
 import numpy as np
@@ -8,7 +9,8 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from mapa_vae import GaussianLikelihood, likelihood
-from mapa_vae.likelihood import (check_sigma, log_normal_from_sqdist, mixture_log_joint,
+from mapa_vae.likelihood import (BernoulliLikelihood, as_likelihood, check_likelihood,
+                                 check_sigma, log_normal_from_sqdist, mixture_log_joint,
                                  mixture_log_prob, mixture_log_responsibilities,
                                  squared_distances)
 
@@ -204,3 +206,130 @@ def test_check_sigma_names_the_bad_value(sigma, message):
     with pytest.raises(ValueError) as error:
         check_sigma(sigma)
     assert str(error.value) == message
+
+
+# --- the Bernoulli likelihood and what every likelihood answers ---------------------------
+
+
+def _both():
+    return [GaussianLikelihood(sigma=0.3).double(), BernoulliLikelihood().double()]
+
+
+def test_bernoulli_log_prob_matches_scipy_and_stays_exact_at_extreme_logits():
+    from scipy.stats import bernoulli
+
+    rng = np.random.default_rng(4)
+    x = (rng.random((6, 5)) < 0.5).astype(float)
+    logits = rng.normal(scale=3.0, size=(6, 5))
+    expected = bernoulli.logpmf(x, 1 / (1 + np.exp(-logits))).sum(1)
+    got = BernoulliLikelihood().log_prob(_t(x), _t(logits)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # log σ(±1000) = 0 or −1000 exactly: no overflow, no cut-off
+    extreme = BernoulliLikelihood().log_prob(_t([[1.0, 0.0, 1.0]]),
+                                             _t([[1000.0, -1000.0, -1000.0]]))
+    assert extreme.item() == -1000.0
+
+
+@pytest.mark.parametrize("lik", _both(), ids=["gaussian", "bernoulli"])
+def test_pairwise_log_prob_is_log_prob_over_every_pair(lik):
+    rng = np.random.default_rng(5)
+    x, outputs = _t(rng.random((7, 4))), _t(rng.normal(size=(3, 4)))
+    pairs = lik.pairwise_log_prob(x, outputs)
+    direct = lik.log_prob(x[:, None, :], outputs[None, :, :])
+    assert pairs.shape == (7, 3)
+    torch.testing.assert_close(pairs, direct, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("lik", _both(), ids=["gaussian", "bernoulli"])
+def test_weighted_log_prob_is_the_explicit_sum_over_points_with_its_gradient(lik):
+    """Σ_i W_in log p(x_i | y_n) from m_n, x̄_n and c_n alone equals the sum over every point i,
+    and so does its gradient in y_n (float64: rounding of terms of size ~10)."""
+    rng = np.random.default_rng(6)
+    n, d = 9, 4
+    X = rng.random((n, d)) < 0.4 if lik.name == "bernoulli" else rng.normal(size=(n, d))
+    X = X.astype(float)
+    W = rng.random((n, n)) * (rng.random((n, n)) < 0.5)
+    W /= np.maximum(W.sum(1, keepdims=True), 1e-12)
+    mass = W.sum(0)
+    xbar = (W.T @ X) / np.where(mass > 0, mass, 1.0)[:, None]
+    spread = W.T @ (X**2).sum(1) - mass * (xbar**2).sum(1)
+    out = _t(rng.normal(size=(n, d))).requires_grad_(True)
+    fast = lik.weighted_log_prob(out, _t(mass), _t(xbar), _t(spread))
+    explicit = (_t(W) * lik.pairwise_log_prob(_t(X), out)).sum(0)
+    torch.testing.assert_close(fast, explicit, rtol=1e-12, atol=1e-12)
+    grad_fast, = torch.autograd.grad(fast.sum(), out)
+    grad_explicit, = torch.autograd.grad(explicit.sum(), out)
+    torch.testing.assert_close(grad_fast, grad_explicit, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("lik", _both(), ids=["gaussian", "bernoulli"])
+def test_cost_is_minus_the_weighted_log_likelihood_up_to_a_row_constant(lik):
+    """Σ_i W_in log p(x_i | y) + a m_n C(x̄_n, y) does not depend on y: the re-attachment that
+    minimises Σ_n m_n C(x̄_n, y_π(n)) maximises the bound (a = 1/2σ² for the Gaussian, 1 for the
+    Bernoulli)."""
+    scale = 1 / (2 * float(lik.sigma) ** 2) if lik.name == "gaussian" else 1.0
+    rng = np.random.default_rng(7)
+    xbar, outputs = rng.random((5, 3)), rng.normal(size=(6, 3))
+    mass, spread = rng.random(5) + 0.5, rng.random(5)
+    weighted = lik.weighted_log_prob(_t(outputs)[None], _t(mass)[:, None], _t(xbar)[:, None],
+                                     _t(spread)[:, None]).numpy()
+    total = weighted + scale * mass[:, None] * lik.cost(xbar, outputs)
+    np.testing.assert_allclose(total, total[:, :1].repeat(6, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_bernoulli_observations_are_fresh_binary_draws_with_the_data_as_their_mean():
+    """Rows in [0, 1] give binary draws; 0 and 1 are their own; the mean of 4000 draws of
+    probability v lies within 5 standard errors √(v(1 − v)/4000) of v."""
+    lik = BernoulliLikelihood().double()
+    v = _t([[0.0, 0.1, 0.5, 0.9, 1.0]]).expand(4000, 5)
+    torch.manual_seed(0)
+    draws = lik.observe(v)
+    assert set(draws.unique().tolist()) == {0.0, 1.0}
+    assert (draws[:, 0] == 0).all() and (draws[:, 4] == 1).all()
+    p = v[0].numpy()
+    se = np.sqrt(p * (1 - p) / 4000)
+    assert np.all(np.abs(draws.mean(0).numpy() - p) <= 5 * se)
+    assert not torch.equal(lik.observe(v), draws)  # fresh at every call
+    gaussian = GaussianLikelihood(0.3)
+    assert gaussian.observe(v) is v
+
+
+def test_bernoulli_refuses_data_outside_the_unit_interval():
+    BernoulliLikelihood.check_data(np.array([[0.0, 1.0], [0.5, 0.25]]))
+    with pytest.raises(ValueError, match=r"X: the Bernoulli likelihood takes values in \[0, 1\].*"
+                                         r"\[-0\.5, 1\]"):
+        BernoulliLikelihood.check_data(np.array([[-0.5, 1.0]]))
+
+
+def test_samples_follow_the_likelihood():
+    rng = np.random.default_rng(8)
+    logits = np.array([[-20.0, 0.0, 20.0]]).repeat(2000, 0)
+    draws = BernoulliLikelihood().sample(logits, rng)
+    assert set(np.unique(draws)) <= {0.0, 1.0}
+    assert draws[:, 0].sum() == 0 and draws[:, 2].sum() == 2000
+    assert abs(draws[:, 1].mean() - 0.5) < 5 * math.sqrt(0.25 / 2000)
+    gaussian = GaussianLikelihood(0.5).sample(np.zeros((4000, 2)), rng)
+    assert abs(gaussian.std() - 0.5) < 5 * 0.5 / math.sqrt(2 * 8000)
+
+
+@pytest.mark.parametrize("chunk_pairs", [1, 7, likelihood._CHUNK_PAIRS])
+def test_bernoulli_mixture_log_prob_is_the_logsumexp_of_its_terms(monkeypatch, chunk_pairs):
+    monkeypatch.setattr(likelihood, "_CHUNK_PAIRS", chunk_pairs)
+    rng = np.random.default_rng(9)
+    x = (rng.random((11, 4)) < 0.5).astype(float)
+    logits, log_w = rng.normal(scale=2, size=(5, 4)), np.log(rng.dirichlet(np.ones(5)))
+    terms = log_w + (x[:, None, :] * logits - np.logaddexp(0, logits)).sum(-1)
+    got = mixture_log_prob(_t(x), _t(logits), _t(log_w), BernoulliLikelihood().double()).numpy()
+    np.testing.assert_allclose(got, logsumexp(terms, axis=1), rtol=0,
+                               atol=32 * EPS * np.abs(terms).max())
+
+
+def test_frozen_copies_are_float64_without_gradients_and_numbers_are_gaussian_sigmas():
+    learned = GaussianLikelihood(0.37, learn_sigma=True)
+    frozen = learned.frozen()
+    assert frozen.log_sigma.dtype == torch.float64 and not frozen.log_sigma.requires_grad
+    assert float(frozen.sigma) == pytest.approx(float(learned.sigma.detach()), rel=4 * EPS)
+    assert float(as_likelihood(0.25).sigma) == pytest.approx(0.25, rel=4 * EPS)
+    assert isinstance(as_likelihood(BernoulliLikelihood()), BernoulliLikelihood)
+    with pytest.raises(ValueError, match="likelihood must be one of"):
+        check_likelihood("poisson")

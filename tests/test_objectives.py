@@ -9,7 +9,8 @@ from scipy import sparse, stats
 from mapa_vae import EmpiricalizedModel, MAPAPosterior, datasets
 from mapa_vae.atoms import Attachment, stratified_atoms
 from mapa_vae.encoders import AmortizedPosterior
-from mapa_vae.likelihood import GaussianLikelihood
+from mapa_vae.likelihood import (BernoulliLikelihood, GaussianLikelihood,
+                                 mixture_log_responsibilities)
 from mapa_vae.model import GenerativeModel
 from mapa_vae.networks import mlp
 from mapa_vae.objectives import (ELBO, GaussianCodesBound, IWAEBound, MAPABound,
@@ -17,17 +18,27 @@ from mapa_vae.objectives import (ELBO, GaussianCodesBound, IWAEBound, MAPABound,
 from mapa_vae.priors import StandardNormal, Uniform
 
 
-def _model(latent_dim=1, data_dim=2, sigma=0.2, learn_sigma=False, prior=None, seed=0):
+def _model(latent_dim=1, data_dim=2, sigma=0.2, learn_sigma=False, prior=None, seed=0,
+           bernoulli=False):
     torch.manual_seed(seed)
     prior = prior or StandardNormal(latent_dim)
-    return GenerativeModel(mlp(latent_dim, data_dim, (16,)), prior,
-                           GaussianLikelihood(sigma, learn_sigma=learn_sigma))
+    likelihood = (BernoulliLikelihood() if bernoulli
+                  else GaussianLikelihood(sigma, learn_sigma=learn_sigma))
+    return GenerativeModel(mlp(latent_dim, data_dim, (16,)), prior, likelihood)
 
 
-def _mapa_objective(n=60, seed=0, weights=None, learn_sigma=False):
+def _binary(X, seed=0):
+    """Binary rows: each coordinate of ``X`` above its median, flipped with probability 0.1."""
+    flips = np.random.default_rng(seed).random(X.shape) < 0.1
+    return ((X > np.median(X, axis=0)) ^ flips).astype(float)
+
+
+def _mapa_objective(n=60, seed=0, weights=None, learn_sigma=False, bernoulli=False):
     truth = datasets.get("circle")
     X, _ = truth.sample(n, seed=seed)
-    model = _model(learn_sigma=learn_sigma, seed=seed)
+    if bernoulli:
+        X = _binary(X, seed)
+    model = _model(learn_sigma=learn_sigma, seed=seed, bernoulli=bernoulli)
     W = MAPAPosterior(n_neighbors=None, sigma=0.1).fit(X).weights_ if weights is None else weights
     atoms = stratified_atoms(model.prior, n)
     perm = np.random.default_rng(seed).permutation(n)
@@ -67,23 +78,26 @@ def test_mapa_bound_matches_its_definition_and_never_exceeds_log_p_hat():
     np.testing.assert_allclose(exact["log_prob"], empirical.log_prob(X), rtol=1e-5)
 
 
+@pytest.mark.parametrize("likelihood", [GaussianLikelihood(0.3), BernoulliLikelihood()],
+                         ids=["gaussian", "bernoulli"])
 @pytest.mark.parametrize("lead", [(), (3,)])
 @pytest.mark.parametrize("pairs", [5, 23])
-def test_pair_distances_equal_the_direct_computation(monkeypatch, lead, pairs):
+def test_pair_log_likelihoods_equal_the_direct_computation(monkeypatch, likelihood, lead, pairs):
     """Per-point bounds take the (row, column) pairs of a sparse pattern: a sparse one (5 of
-    42 pairs) gathers residuals in blocks, bitwise equal to one gather; a dense one (23 of 42)
-    takes every distance by ``torch.cdist`` and picks its pairs, equal to the direct sum of
-    squares up to float64 rounding of terms of size ~10 (relative 1e-12)."""
+    42 pairs) gathers rows in blocks, bitwise equal to one gather; a dense one (23 of 42) takes
+    every pair at once (``torch.cdist``, or a matrix product) and picks its own, equal to the
+    direct sum over dimensions up to float64 rounding of terms of size ~10 (relative 1e-12)."""
     from mapa_vae import objectives
 
+    likelihood = likelihood.double()
     gen = torch.Generator().manual_seed(0)
-    X = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    X = torch.rand(7, 5, generator=gen, dtype=torch.float64)
     means = torch.randn(lead + (6, 5), generator=gen, dtype=torch.float64)
     rows = torch.randint(0, 7, (pairs,), generator=gen)
     cols = torch.randint(0, 6, (pairs,), generator=gen)
-    whole = (X[rows] - means[..., cols, :]).square().sum(-1)
+    whole = likelihood.log_prob(X[rows], means[..., cols, :])
     monkeypatch.setattr(objectives, "_PAIR_BLOCK", 2 * 5 * math.prod(lead))  # 2 pairs a block
-    result = objectives._pair_sqdist(X, rows, means, cols)
+    result = objectives._pair_log_lik(likelihood, X, rows, means, cols)
     assert result.shape == lead + (pairs,)
     if pairs == 5:
         assert torch.equal(result, whole)
@@ -91,14 +105,44 @@ def test_pair_distances_equal_the_direct_computation(monkeypatch, lead, pairs):
         torch.testing.assert_close(result, whole, rtol=1e-12, atol=0)
 
 
-def test_minibatch_estimate_over_all_atoms_equals_the_mean_bound():
-    """The m_n, x̄_n, c_n rewriting: B decoder passes give the exact mean of L_i."""
-    objective, X = _mapa_objective(n=80)
+@pytest.mark.parametrize("bernoulli", [False, True], ids=["gaussian", "bernoulli"])
+def test_minibatch_estimate_over_all_atoms_equals_the_mean_bound(bernoulli):
+    """The m_n, x̄_n (, c_n) rewriting: B decoder passes give the exact mean of L_i, whose
+    per-point form sums over every (i, n) pair; float32 terms of size ~10, relative 1e-5."""
+    objective, X = _mapa_objective(n=80, bernoulli=bernoulli)
     idx = torch.arange(80)
     with torch.no_grad():
         estimate = objective(None, idx)
     assert estimate.passes == 80
     assert float(estimate.value) == pytest.approx(objective.per_point()["bound"].mean(), rel=1e-5)
+
+
+def test_bernoulli_mapa_bound_never_exceeds_log_p_hat_and_its_gap_vanishes_at_the_posterior():
+    """Under the Bernoulli likelihood too: L_i ≤ log p̂(x_i), with equality (gap 0) when W is
+    the empiricalized model's exact index posterior."""
+    objective, X = _mapa_objective(n=50, bernoulli=True)
+    exact = objective.per_point()
+    assert np.all(exact["bound"] <= exact["log_prob"] + 1e-9)
+    assert exact["gap"].min() > 1e-3
+    with torch.no_grad():
+        means = objective.model.decoder(objective.attachment.attached()).double()
+    log_w = torch.full((50,), -math.log(50), dtype=torch.float64)
+    posterior = mixture_log_responsibilities(torch.as_tensor(X), means, log_w,
+                                             BernoulliLikelihood().double()).exp().numpy()
+    tight, _ = _mapa_objective(n=50, bernoulli=True, weights=sparse.csr_matrix(posterior))
+    np.testing.assert_allclose(tight.per_point()["gap"], 0.0, atol=1e-4)
+
+
+def test_bernoulli_reattachment_cost_ranks_atoms_as_the_bound_does():
+    """For one index, the atom of least cost m_n C(x̄_n, f(a)) is the atom of highest bound
+    term Σ_i W_in log p(x_i | f(a)) (computed over every point i)."""
+    objective, X = _mapa_objective(n=40, bernoulli=True)
+    cost = objective.reattachment_cost()(np.arange(40), np.arange(40))
+    with torch.no_grad():
+        outputs = objective.model.decoder(objective.attachment.atoms).double()
+    terms = (torch.as_tensor(objective.weights.toarray()).T
+             @ BernoulliLikelihood().pairwise_log_prob(torch.as_tensor(X), outputs)).numpy()
+    np.testing.assert_array_equal(cost.argmin(1), terms.argmax(1))
 
 
 def test_gap_vanishes_when_the_weights_are_the_exact_index_posterior():
@@ -233,17 +277,19 @@ def test_sample_counts_must_be_positive_integers(bad):
 
 # --- MAPA with learned Gaussian codes ------------------------------------------------------
 def _codes_objective(n=40, prior=None, weights="random", seed=0, dtype=torch.float64,
-                     loc=None, scale=None, decoder=None, sigma=0.3):
-    """A float64 GaussianCodesBound on 2-D data with a random row-stochastic W (or the
-    identity) and random codes."""
+                     loc=None, scale=None, decoder=None, sigma=0.3, bernoulli=False):
+    """A float64 GaussianCodesBound on 2-D data (binary with ``bernoulli``) with a random
+    row-stochastic W (or the identity) and random codes."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 2))
+    if bernoulli:
+        X = _binary(X, seed)
     if weights == "random":
         W = rng.random((n, n)) ** 4  # uneven rows, every entry positive
         W = sparse.csr_matrix(W / W.sum(axis=1, keepdims=True))
     else:
         W = sparse.identity(n, format="csr")
-    model = _model(prior=prior, sigma=sigma, seed=seed)
+    model = _model(prior=prior, sigma=sigma, seed=seed, bernoulli=bernoulli)
     if decoder is not None:
         model.decoder = decoder
     model = model.to(dtype)
@@ -260,12 +306,13 @@ def _per_draw_bounds(objective, draws, seed=0):
     return np.stack([objective.per_point_given(eps[s:s + 1]) for s in range(draws)])
 
 
+@pytest.mark.parametrize("bernoulli", [False, True], ids=["gaussian", "bernoulli"])
 @pytest.mark.parametrize("prior", [StandardNormal(1), Uniform(1)], ids=["normal", "uniform"])
-def test_gaussian_codes_bound_stays_below_log_p_for_any_row_stochastic_weights(prior):
+def test_gaussian_codes_bound_stays_below_log_p_for_any_row_stochastic_weights(prior, bernoulli):
     """Per point, the bound's expectation is ≤ log p_θ(x_i) (quadrature, 16384 nodes). Its
     Monte-Carlo mean over 400 draws has standard error se_i; with a fixed seed the check
     ``mean − 4 se ≤ log p`` would fail by chance with probability about 3e-5 per point."""
-    objective, X = _codes_objective(prior=prior)
+    objective, X = _codes_objective(prior=prior, bernoulli=bernoulli)
     draws = _per_draw_bounds(objective, 400)
     mean, se = draws.mean(0), draws.std(0, ddof=1) / math.sqrt(draws.shape[0])
     log_p = objective.model.log_prob(X, nodes_per_dim=16384)
@@ -304,11 +351,12 @@ def test_gaussian_codes_bound_is_tight_at_the_exact_posterior_of_a_linear_model(
     objective.log_scale.data.copy_(loose)
 
 
+@pytest.mark.parametrize("bernoulli", [False, True], ids=["gaussian", "bernoulli"])
 @pytest.mark.parametrize("prior", [StandardNormal(1), Uniform(1)], ids=["normal", "uniform"])
-def test_gaussian_codes_bound_summed_over_points_is_the_sum_over_indices(prior):
-    """Σ_i L_i = Σ_n T_n with the same draws, T_n from m_n, x̄_n, c_n (float64). Both sides
+def test_gaussian_codes_bound_summed_over_points_is_the_sum_over_indices(prior, bernoulli):
+    """Σ_i L_i = Σ_n T_n with the same draws, T_n from m_n, x̄_n (, c_n) (float64). Both sides
     add O(N²) terms of size at most ~10³ nats, so they agree to far better than 1e-9 relative."""
-    objective, _ = _codes_objective(prior=prior)
+    objective, _ = _codes_objective(prior=prior, bernoulli=bernoulli)
     n = objective.loc.shape[0]
     eps = torch.randn((1, n, 1), dtype=torch.float64,
                       generator=torch.Generator().manual_seed(1))
@@ -527,3 +575,23 @@ def test_smoothed_codes_need_one_draw_and_weights_of_the_right_shape():
         _codes_objective_with(n_samples=2, code_weights=sparse.identity(40, format="csr"))
     with pytest.raises(ValueError, match=r"code_weights must have the shape of weights, \(40, 40\)"):
         _codes_objective_with(code_weights=sparse.identity(39, format="csr"))
+
+
+def test_encoder_bounds_see_fresh_binary_draws_of_bernoulli_probabilities():
+    """Under the Bernoulli likelihood the VAE's and IWAE's encoders are fed a binarisation of
+    the rows (probabilities 0.5 here), drawn afresh at every step; their pass counts stay."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x
+
+    model = _model(data_dim=3, bernoulli=True)
+    encoder = AmortizedPosterior(torch.nn.Sequential(Spy(), mlp(3, 2, (8,))), model.prior)
+    gray, idx = torch.full((50, 3), 0.5), torch.arange(50)
+    torch.manual_seed(0)
+    passes = [ELBO(model, encoder)(gray, idx).passes, IWAEBound(model, encoder, 3)(gray, idx).passes]
+    assert passes == [100, 200]
+    assert all(set(x.unique().tolist()) == {0.0, 1.0} for x in seen)
+    assert not torch.equal(seen[0], seen[1])

@@ -4,12 +4,13 @@ Every rank holds the whole training set and builds the same model from the same 
 every rank draws the same global minibatch of ``B`` indices and keeps its own contiguous share
 of ``b_r`` rows (shares differ by at most one row); its bound is the mean over its share,
 weighted by ``b_r / B``, so the gradients summed over ranks by one all-reduce are those of one
-process on the whole minibatch. Monte Carlo noise for the minibatch (encoder samples) is drawn
-for the whole minibatch on every rank and each keeps its rows (:func:`batch_normal`), so the
-random stream is one process's: a run on ``W`` ranks gives one process's result up to
-floating-point summation order. Work that is not per-minibatch (MAPA's weights and attachment
-candidates, projection and re-attachment, the lagging encoder's mutual-information check, the
-prior-proposal ablation's shared prior draws) is repeated identically on every rank.
+process on the whole minibatch. Monte Carlo noise for the minibatch (encoder samples, binary
+draws) is drawn for the whole minibatch on every rank and each keeps its rows
+(:func:`batch_normal`, :func:`batch_uniform`), so the random stream is one process's: a run on
+``W`` ranks gives one process's result up to floating-point summation order. Work that is not
+per-minibatch (MAPA's weights and attachment candidates, projection and re-attachment, the
+lagging encoder's mutual-information check, the prior-proposal ablation's shared prior draws) is
+repeated identically on every rank.
 
 Network passes are counted as one process would spend them: minibatch work is summed over ranks,
 work every rank repeats is counted once.
@@ -86,16 +87,25 @@ def noise_rows(rows: slice | None, batch: int):
 def batch_normal(shape: tuple, dtype, device, generator=None, batch_dim: int = 1) -> torch.Tensor:
     """Standard normal noise of ``shape`` for the rows of a minibatch along ``batch_dim``; in a
     data-parallel step, this rank's rows of the noise for the whole minibatch."""
+    return _batch_noise(torch.randn, shape, dtype, device, generator, batch_dim)
+
+
+def batch_uniform(shape: tuple, dtype, device, generator=None, batch_dim: int = 1) -> torch.Tensor:
+    """Uniform noise on ``[0, 1)`` of ``shape``, as :func:`batch_normal` draws its own."""
+    return _batch_noise(torch.rand, shape, dtype, device, generator, batch_dim)
+
+
+def _batch_noise(draw, shape: tuple, dtype, device, generator, batch_dim: int) -> torch.Tensor:
     active = _NOISE_ROWS.get()
     if active is None:
-        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
+        return draw(shape, dtype=dtype, device=device, generator=generator)
     rows, batch = active
     if shape[batch_dim] != rows.stop - rows.start:
         raise RuntimeError(f"noise for {shape[batch_dim]} rows drawn in a data-parallel step "
                            f"whose share is {rows.stop - rows.start} rows")
     full = list(shape)
     full[batch_dim] = batch
-    noise = torch.randn(full, dtype=dtype, device=device, generator=generator)
+    noise = draw(full, dtype=dtype, device=device, generator=generator)
     return noise.narrow(batch_dim, rows.start, rows.stop - rows.start)
 
 

@@ -27,7 +27,8 @@ from .devices import resolve_device
 from .distributed import Shard
 from .encoders import AmortizedPosterior
 from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
-from .likelihood import GaussianLikelihood, mixture_log_responsibilities
+from .likelihood import (LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, check_likelihood,
+                         mixture_log_responsibilities)
 from .mapa import MAPAPosterior
 from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, code_neighbours,
                          initial_candidates, prepare, probabilistic_pca_codes,
@@ -148,12 +149,22 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         if tuple(out.shape) != (2, X.shape[1]):
             raise ValueError(f"decoder maps (2, {latent_dim}) codes to shape {tuple(out.shape)}; "
                              f"expected (2, {X.shape[1]}) to match the data")
-        if self.sigma is None:
+        if self._likelihood() == "bernoulli":
+            likelihood = BernoulliLikelihood()
+        elif self.sigma is None:
             sigma0 = self._data_noise_scale(X)
             likelihood = GaussianLikelihood(sigma0, learn_sigma=True)
         else:
             likelihood = GaussianLikelihood(self.sigma, learn_sigma=False)
         return GenerativeModel(decoder, prior, likelihood.to(self.device))
+
+    def _likelihood(self) -> str:
+        """``likelihood``, checked: a Bernoulli has no ``sigma``."""
+        name = check_likelihood(self.likelihood)
+        if name == "bernoulli" and self.sigma is not None:
+            raise ValueError(f"sigma={self.sigma!r} is the Gaussian likelihood's noise; "
+                             f"likelihood='bernoulli' has none: leave sigma=None")
+        return name
 
     @staticmethod
     def _data_noise_scale(X: np.ndarray) -> float:
@@ -169,6 +180,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         """Refuse an absent device or a missing process group before any work is done."""
         resolve_device(self.device)
         self._torch_dtype()
+        self._likelihood()
         if self.distributed:
             Shard.from_process_group()
 
@@ -216,6 +228,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         X = as_data(X, "X", min_samples=2)
         self._check_where()
         self._check_settings()
+        LIKELIHOODS[self._likelihood()].check_data(X)
         trainer = self._setup(X, self._seed(), monitor)
         self.setup_seconds_ = time.perf_counter() - start - trainer.train_seconds
         trainer.fit()
@@ -271,8 +284,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
                                            anneal_steps=anneal_steps)
         draw = self._proposal() if proposal == "model" else prior_proposal(model.prior)
         return importance_log_marginal(float64_decoder(model.decoder), model.prior,
-                                       float(model.likelihood.sigma.detach()), X, draw,
-                                       n_samples, random_state)
+                                       model.likelihood, X, draw, n_samples, random_state)
 
     def _proposal(self):
         """The method's importance proposal (see :meth:`log_likelihood`): here the prior."""
@@ -289,7 +301,9 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         return self.model_.sample(n_samples, random_state=random_state)[0]
 
     def decode(self, Z) -> np.ndarray:
-        """``f_θ(z)`` for codes ``Z`` of shape ``(n, latent_dim)``."""
+        """The decoder's outputs ``f_θ(z)`` for codes ``Z`` of shape ``(n, latent_dim)``: the
+        Gaussian's means, or the Bernoulli's logits (``model_.likelihood.mean`` turns outputs
+        into means)."""
         check_is_fitted(self, "model_")
         Z = as_data(Z, "Z", n_features=self.model_.latent_dim)
         with torch.no_grad():
@@ -298,8 +312,11 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         return out.double().cpu().numpy()
 
     @property
-    def sigma_(self) -> float:
+    def sigma_(self) -> float | None:
+        """The Gaussian likelihood's ``σ`` (learned or fixed); ``None`` for the Bernoulli."""
         check_is_fitted(self, "model_")
+        if not isinstance(self.model_.likelihood, GaussianLikelihood):
+            return None
         return float(self.model_.likelihood.sigma.detach())
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -345,6 +362,11 @@ class MAPADensity(_LatentDensity):
     sigma : float, optional
         Known observation noise (fixed). ``None`` learns ``σ`` and chooses MAPA's bandwidth from
         the data (leave-one-out).
+    likelihood : {"gaussian", "bernoulli"}, default="gaussian"
+        ``p(x | z)``: ``N(f_θ(z), σ² I)``, or independent Bernoulli pixels with logits
+        ``f_θ(z)`` for data in ``[0, 1]`` (read as the probabilities of binary pixels; no
+        ``sigma``; :mod:`mapa_vae.likelihood`). MAPA's bound costs ``B`` decoder passes per step
+        under either.
     steps, batch_size, learning_rate, lr_schedule : optimisation (Adam; minibatches of atom
         indices), default 3000 steps of 100, the protocol's peak rate of the method
         (``learning_rate=None``, :mod:`mapa_vae.methods`: 0.01 for MAPA) cosine-annealed to zero
@@ -501,10 +523,10 @@ class MAPADensity(_LatentDensity):
         ``init`` other than ``"auto"``); for codes starting at the data's PPCA posterior, what
         the test that PPCA is their model found and what ``code_freeze_at="auto"`` made of it.
     ppca_isotropy_pvalue_ : float or None
-        Where the codes start at the data's PPCA posterior, the p-value of Bartlett's test that
-        the data's last ``D − latent_dim`` principal variances are equal
-        (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; NaN where it does not apply);
-        else ``None``.
+        Where the codes start at the data's PPCA posterior under the Gaussian likelihood, the
+        p-value of Bartlett's test that the data's last ``D − latent_dim`` principal variances
+        are equal (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; NaN where it does not
+        apply); else ``None``.
 
     Examples
     --------
@@ -518,8 +540,9 @@ class MAPADensity(_LatentDensity):
 
     method = "mapa"
 
-    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=_TRAINING.steps, batch_size=_TRAINING.batch_size, learning_rate=None,
+    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None,
+                 likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,
+                 batch_size=_TRAINING.batch_size, learning_rate=None,
                  lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False,
                  n_neighbors="auto", bandwidth=None, effective_neighbours="auto", features="auto",
@@ -606,8 +629,9 @@ class MAPADensity(_LatentDensity):
                         max_effective_neighbours=ceiling)
         self.features_, self.mapa_ = setup.features, setup.mapa
         ppca = self._code_start(X) == "ppca"  # no attachment: the codes start at PPCA's posterior
-        self.ppca_isotropy_pvalue_ = (residual_isotropy_pvalue(X, self.latent_dim) if ppca
-                                      else None)
+        gaussian = self._likelihood() == "gaussian"  # PPCA is a model with Gaussian noise
+        self.ppca_isotropy_pvalue_ = (residual_isotropy_pvalue(X, self.latent_dim)
+                                      if ppca and gaussian else None)
         if ppca and not resume:
             self.attachment_, self.pilot_bounds_ = "ppca", {}
             self.attachment_reason_ = ("Gaussian codes start at the data's probabilistic-PCA "
@@ -715,7 +739,10 @@ class MAPADensity(_LatentDensity):
         """What the test that PPCA is the data's model found, and what it means for the codes
         under ``code_freeze_at="auto"``, as a clause."""
         p, level = self.ppca_isotropy_pvalue_, ISOTROPY_LEVEL
-        if self._ppca_is_the_model():
+        if p is None:
+            verdict = ("; the test that PPCA is the data's model applies under the Gaussian "
+                       "likelihood only")
+        elif self._ppca_is_the_model():
             verdict = f"; the data pass the test that PPCA is their model (p = {p:.3g} ≥ {level})"
         elif p == p:  # not NaN
             verdict = f"; the data fail the test that PPCA is their model (p = {p:.2g} < {level})"
@@ -889,8 +916,8 @@ class VAEDensity(_EncoderDensity):
     method = "vae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
-                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,
+                 batch_size=_TRAINING.batch_size, learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
                  log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False,
                  dtype="float32"):
@@ -906,8 +933,8 @@ class IWAEDensity(_EncoderDensity):
     method = "iwae"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
-                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,
+                 batch_size=_TRAINING.batch_size, learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
                  log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False, n_samples=10,
                  dtype="float32"):
@@ -923,8 +950,8 @@ class LaggingVAEDensity(_EncoderDensity):
     method = "lagging"
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
-                 hidden=(64, 64), steps=_TRAINING.steps, batch_size=_TRAINING.batch_size,
-                 learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
+                 likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,
+                 batch_size=_TRAINING.batch_size, learning_rate=None, lr_schedule=_TRAINING.lr_schedule,
                  log_every=_TRAINING.log_every,
                  random_state=None, verbose=False, device="cpu", distributed=False, max_inner=100,
                  check_every=10, dtype="float32"):
@@ -946,9 +973,11 @@ class PriorISDensity(_LatentDensity):
 
     method = "prior-is"
 
-    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None, hidden=(64, 64),
-                 steps=_TRAINING.steps, batch_size=_TRAINING.batch_size, learning_rate=None,
-                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every, random_state=None, verbose=False, device="cpu", distributed=False,
+    def __init__(self, decoder=None, latent_dim=1, prior="normal", sigma=None,
+                 likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,
+                 batch_size=_TRAINING.batch_size, learning_rate=None,
+                 lr_schedule=_TRAINING.lr_schedule, log_every=_TRAINING.log_every,
+                 random_state=None, verbose=False, device="cpu", distributed=False,
                  n_samples=100, dtype="float32"):
         _keep_arguments(self, locals())
 
@@ -963,5 +992,6 @@ class PriorISDensity(_LatentDensity):
         codes = self.model_.prior.sample(self.n_samples, random_state=random_state)
         means = torch.as_tensor(self.decode(codes))
         log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=torch.float64)
-        log_post = mixture_log_responsibilities(torch.as_tensor(X), means, log_w, self.sigma_)
+        log_post = mixture_log_responsibilities(torch.as_tensor(X), means, log_w,
+                                                self.model_.likelihood.frozen())
         return DiscretePosterior(log_post.exp().numpy(), codes)

@@ -20,7 +20,7 @@ from scipy.special import logsumexp
 from scipy.stats import rankdata
 
 from .empirical import EmpiricalizedModel
-from .likelihood import log_normal_from_sqdist, mixture_log_prob
+from .likelihood import as_likelihood, mixture_log_prob
 from .priors import Prior
 from .validation import as_data, check_positive_int
 
@@ -28,10 +28,13 @@ from .validation import as_data, check_positive_int
 DEFAULT_NODES_PER_DIM = {1: 16384, 2: 256}
 
 
-def log_marginal(decode, prior: Prior, sigma, X: np.ndarray, nodes_per_dim: int | None = None):
-    """``log ∫ p(z) N(x; decode(z), σ² I) dz`` per row of ``X`` by equal-mass quadrature.
+def log_marginal(decode, prior: Prior, likelihood, X: np.ndarray,
+                 nodes_per_dim: int | None = None):
+    """``log ∫ p(z) p(x | decode(z)) dz`` per row of ``X`` by equal-mass quadrature.
 
-    ``decode`` maps a float64 tensor ``(M, latent_dim)`` to ``(M, D)``. Returns shape ``(n,)``.
+    ``decode`` maps a float64 tensor ``(M, latent_dim)`` to ``(M, D)``; ``likelihood``: a
+    :class:`~mapa_vae.likelihood.Likelihood`, or a number, the ``σ`` of ``N(x; decode(z), σ²
+    I)``. Returns shape ``(n,)``.
     """
     d = prior.latent_dim
     if d not in DEFAULT_NODES_PER_DIM:
@@ -45,7 +48,7 @@ def log_marginal(decode, prior: Prior, sigma, X: np.ndarray, nodes_per_dim: int 
     if means.shape != (nodes.shape[0], x.shape[1]):
         raise ValueError(f"decoder returned shape {tuple(means.shape)} for {nodes.shape[0]} codes; "
                          f"expected ({nodes.shape[0]}, {x.shape[1]})")
-    return mixture_log_prob(x, means, log_w, float(sigma)).numpy()
+    return mixture_log_prob(x, means, log_w, as_likelihood(likelihood)).numpy()
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,11 @@ class ImportanceEstimate:
                 "decoder_passes": self.decoder_passes, "seconds": self.seconds}
 
 
-def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal,
+def importance_log_marginal(decode, prior: Prior, likelihood, X: np.ndarray, proposal,
                             n_samples: int = 1000, seed=None,
                             rows_per_chunk: int = 64) -> ImportanceEstimate:
-    """``log p(x) ≈ log (1/K) Σ_k p(z_k) N(x; decode(z_k), σ² I) / q(z_k | x)``, ``z_k ~ q(· | x)``.
+    """``log p(x) ≈ log (1/K) Σ_k p(z_k) p(x | decode(z_k)) / q(z_k | x)``, ``z_k ~ q(· | x)``;
+    ``likelihood`` as for :func:`log_marginal`.
 
     ``proposal(x, K, generator) -> (z, log_q)`` draws ``K`` codes per row of the float64 tensor
     ``x`` of shape ``(n, D)``: ``z`` of shape ``(K, n, d)``, ``log q(z | x)`` of ``(K, n)``. Its
@@ -86,6 +90,7 @@ def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal
     (Jensen) that tightens as ``K`` grows; computed in float64 with logsumexp.
     """
     n_samples = check_positive_int(n_samples, "n_samples")
+    likelihood = as_likelihood(likelihood)
     generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**63)))
     x_all = torch.as_tensor(X, dtype=torch.float64)
     log_p, se, ess = (np.empty(len(X)) for _ in range(3))
@@ -97,9 +102,7 @@ def importance_log_marginal(decode, prior: Prior, sigma, X: np.ndarray, proposal
             z, log_q = z.to(torch.float64), log_q.to(torch.float64)
             k, n, d = z.shape
             mean = decode(z.reshape(k * n, d)).to(torch.float64).reshape(k, n, -1)
-            sq = (x.unsqueeze(0) - mean).square().sum(-1)
-            log_w = (log_normal_from_sqdist(sq, float(sigma), x.shape[1])
-                     + prior.log_prob(z) - log_q)
+            log_w = likelihood.log_prob(x.unsqueeze(0), mean) + prior.log_prob(z) - log_q
         log_p[rows], se[rows], ess[rows] = weight_summary(log_w)
     return ImportanceEstimate(log_p, se, ess, n_samples)
 

@@ -1,14 +1,14 @@
 """One log-marginal-likelihood evaluator for every latent dimension and every model.
 
-``log p(x) = log ∫ p(z) N(x; f(z), σ² I) dz`` is estimated the same way for a ground truth and
-for every trained method, from the decoder ``f``, the prior and ``σ`` alone (never from a
+``log p(x) = log ∫ p(z) p(x | f(z)) dz`` is estimated the same way for a ground truth and
+for every trained method, from the decoder ``f``, the prior and the likelihood alone (never from a
 method's own posterior approximation). Quadrature (:func:`mapa_vae.evaluation.log_marginal`)
 stays the reference for latent dimension 1 and 2; this estimator is what is used above.
 
 **Coordinates.** Every prior here is a product of 1-D marginals with inverse CDF ``F⁻¹``, so
 ``z = T(u) = F⁻¹(Φ(u))`` with ``u ~ N(0, I)`` and
 
-    p(x) = ∫ N(u; 0, I) N(x; f(T(u)), σ² I) du,
+    p(x) = ∫ N(u; 0, I) p(x | f(T(u))) du,
 
 an integral over an unbounded space with a standard normal prior (``T`` is the identity for the
 normal prior, ``Φ`` for the uniform one). Everything below works in ``u``.
@@ -18,8 +18,8 @@ normal prior, ``Φ`` for the uniform one). Everything below works in ``u``.
 1. ``restarts`` Gaussians ``N(m_r, L_r L_rᵀ)`` (full covariance, ``L_r`` lower triangular with a
    positive diagonal), started at ``L_r = 0.1 I`` and at ``R`` distinct draws among
    ``start_draws`` prior draws ``u_j``: the one of highest
-   ``log p(u_j) + log N(x; f(T(u_j)), σ² I)`` and ``R − 1`` resampled with probabilities
-   ``∝ N(x; f(T(u_j)), σ² I)`` without replacement (importance resampling: starts spread over
+   ``log p(u_j) + log p(x | f(T(u_j)))`` and ``R − 1`` resampled with probabilities
+   ``∝ p(x | f(T(u_j)))`` without replacement (importance resampling: starts spread over
    the posterior's modes in proportion to their mass where the prior draws reach them, so
    distinct restarts settle in distinct modes);
 2. each is fitted by ``fit_steps`` Adam steps (learning rate cosine-annealed from
@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from .evaluation import ImportanceEstimate, weight_summary
-from .likelihood import log_normal_from_sqdist
+from .likelihood import as_likelihood
 from .priors import Prior, StandardNormal
 from .validation import as_data, check_non_negative_int, check_positive_int
 
@@ -110,10 +110,11 @@ def check_differentiable(decode, latent_dim: int) -> None:
 
 
 class _Target:
-    """``log p(u) + log N(x; f(T(u)), σ² I)`` for rows ``x``, counting decoder passes."""
+    """``log p(u) + log p(x | f(T(u)))`` for rows ``x``, counting decoder passes."""
 
-    def __init__(self, decode, prior: Prior, sigma: float):
-        self.decode, self.transform, self.sigma = decode, from_standard_normal(prior), sigma
+    def __init__(self, decode, prior: Prior, likelihood):
+        self.decode, self.transform = decode, from_standard_normal(prior)
+        self.likelihood = as_likelihood(likelihood)
         self.passes = 0
 
     def __call__(self, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +123,7 @@ class _Target:
         mean = self.decode(self.transform(u.reshape(-1, d))).to(torch.float64)
         self.passes += mean.shape[0]
         mean = mean.reshape(*lead, x.shape[-1])
-        sq = (x - mean).square().sum(-1)
-        return log_normal_from_sqdist(sq, self.sigma, x.shape[-1]) + _log_std_normal(u)
+        return self.likelihood.log_prob(x, mean) + _log_std_normal(u)
 
 
 def _fit(target: _Target, x, d: int, restarts: int, start_draws: int, steps: int,
@@ -167,7 +167,7 @@ def _fit(target: _Target, x, d: int, restarts: int, start_draws: int, steps: int
     return loc.detach(), factor().detach()
 
 
-def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
+def estimate_log_marginal(decode, prior: Prior, likelihood, X, n_samples: int = 2000,
                           restarts: int = 8, start_draws: int = 256, fit_steps: int = 200,
                           fit_samples: int = 4, learning_rate: float = 0.05, widen: float = 1.2,
                           defensive: float = 0.1, anneal_steps: int = 0,
@@ -182,8 +182,9 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
         differentiable in its input.
     prior : Prior
         The latent prior ``p(z)``.
-    sigma : float
-        Observation noise ``σ``.
+    likelihood : Likelihood or float
+        ``p(x | f(z))`` (:mod:`mapa_vae.likelihood`); a number is the ``σ`` of the Gaussian
+        ``N(x; f(z), σ² I)``.
     X : array-like of shape (n, D)
     n_samples : int, default=2000
         Importance samples ``K`` per point; with ``anneal_steps > 0``, annealed chains.
@@ -235,7 +236,7 @@ def estimate_log_marginal(decode, prior: Prior, sigma, X, n_samples: int = 2000,
     d = prior.latent_dim
     check_differentiable(decode, d)
     X = as_data(X, "X")
-    target = _Target(decode, prior, float(sigma))
+    target = _Target(decode, prior, likelihood)
     generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**63)))
     x_all = torch.as_tensor(X, dtype=torch.float64)
     log_p, se, ess = (np.empty(len(X)) for _ in range(3))

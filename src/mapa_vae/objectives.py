@@ -8,24 +8,32 @@ between steps (MAPA's re-attachment, the lagging encoder's inner loop) is a step
 
 * :class:`MAPABound` (no encoder): with ``W_in = MAPA(n | x_i)`` fixed,
 
-      L_i = Σ_n W_in [ log N(x_i; f(z_n), σ²I) − log N − log W_in ] ≤ log p̂(x_i),
+      L_i = Σ_n W_in [ log p(x_i | f(z_n)) − log N − log W_in ] ≤ log p̂(x_i),
 
   gap ``KL(W_i· ‖ p̂(· | x_i))``. Summed over ``i``, the data enter through
-  ``m_n = Σ_i W_in``, ``x̄_n = Σ_i W_in x_i / m_n`` and ``c_n = Σ_i W_in ‖x_i − x̄_n‖²``:
+  ``m_n = Σ_i W_in``, ``x̄_n = Σ_i W_in x_i / m_n`` and ``c_n = Σ_i W_in ‖x_i − x̄_n‖²``, since
+  each likelihood is linear in a statistic of ``x``
+  (:meth:`~mapa_vae.likelihood.Likelihood.weighted_log_prob`); for the Gaussian
 
       Σ_i L_i = Σ_n [ −m_n (D log σ + ½D log 2π) − (m_n ‖x̄_n − f(z_n)‖² + c_n) / (2σ²) ]
                 − N log N + H(W),
 
-  so a minibatch of ``B`` atom indices costs ``B`` decoder passes, whatever the neighbour count.
+  for the Bernoulli (logits ``η = f(z_n)``) ``Σ_n m_n (⟨x̄_n, η⟩ − Σ_d log(1 + e^{η_d}))``
+  ``− N log N + H(W)``, so a minibatch of ``B`` atom indices costs ``B`` decoder passes, whatever
+  the neighbour count.
 * :class:`GaussianCodesBound` (no encoder): the same fixed ``W`` as the mixture posterior
   ``q(z | x_i) = Σ_n W_in N(μ_n, diag s_n²)`` of the continuous model over learned per-index
   Gaussian codes; a lower bound on ``log p_θ(x_i)`` itself, ``B`` decoder passes per step.
 * :class:`ELBO`: ``E_q[log p(x | z)] − KL(q ‖ p)`` with one sample (closed-form KL for the
   Gaussian prior, Monte Carlo for the logit-normal); ``2B`` passes.
 * :class:`IWAEBound`: ``E[log (1/S) Σ_s p(x, z_s) / q(z_s | x)]``; ``B(1 + S)`` passes.
-* :class:`PriorProposalBound` (ablation): ``log (1/S) Σ_s N(x_i; f(z_s), σ²I)`` with
+* :class:`PriorProposalBound` (ablation): ``log (1/S) Σ_s p(x_i | f(z_s))`` with
   ``z_s ~ p(z)`` drawn fresh each step and shared by the batch; ``S`` passes.
 * :class:`LaggingELBO`: the ELBO trained with He et al. (2019)'s aggressive schedule.
+
+The bounds with an encoder or prior draws see each step's rows through the likelihood's
+:meth:`~mapa_vae.likelihood.Likelihood.observe` (a fresh binarisation for the Bernoulli); MAPA's
+two, linear in the data, take the rows themselves: their exact expectation over those draws.
 """
 from __future__ import annotations
 
@@ -35,15 +43,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy import sparse
-from scipy.spatial.distance import cdist
 import torch.nn.functional as F
 from torch import nn
 
 from .atoms import Attachment
 from .distributed import batch_normal
 from .encoders import AmortizedPosterior
-from .likelihood import (log_normal_from_sqdist, mixture_log_joint, mixture_log_prob,
-                         squared_distances)
+from .likelihood import mixture_log_joint, mixture_log_prob
 from .model import GenerativeModel
 from .priors import StandardNormal
 from .validation import check_positive_int
@@ -130,34 +136,32 @@ _PAIR_BLOCK = 2**22  # (pair × dimension) entries of the residuals held at once
 _DENSE_SHARE = 1 / 8  # above this share of all (row, column) pairs, compute every distance
 
 
-def _pair_sqdist(X: torch.Tensor, rows: torch.Tensor, means: torch.Tensor,
-                 cols: torch.Tensor) -> torch.Tensor:
-    """``‖x_{rows[k]} − y_{cols[k]}‖²`` for every pair ``k`` of a sparse pattern, with
-    ``means`` of shape ``(..., N, D)`` (leading axes kept: shape ``(..., nnz)``). A pattern
-    holding more than :data:`_DENSE_SHARE` of all pairs takes every distance at once
-    (:func:`~mapa_vae.likelihood.squared_distances`, no cancellation-prone expansion) and picks
-    its pairs; a sparser one gathers its residuals in blocks of at most :data:`_PAIR_BLOCK`
-    entries, so memory does not grow with ``nnz × D``."""
-    lead = means.shape[:-2]
-    if rows.shape[0] > _DENSE_SHARE * X.shape[0] * means.shape[-2]:
-        every = squared_distances(X.expand(lead + X.shape), means)
+def _pair_log_lik(likelihood, X: torch.Tensor, rows: torch.Tensor, outputs: torch.Tensor,
+                  cols: torch.Tensor) -> torch.Tensor:
+    """``log p(x_{rows[k]} | y_{cols[k]})`` for every pair ``k`` of a sparse pattern, with
+    decoder outputs ``outputs`` of shape ``(..., N, D)`` (leading axes kept: shape
+    ``(..., nnz)``). A pattern holding more than :data:`_DENSE_SHARE` of all pairs takes every
+    pair at once (:meth:`~mapa_vae.likelihood.Likelihood.pairwise_log_prob`) and picks its own;
+    a sparser one gathers its rows in blocks of at most :data:`_PAIR_BLOCK` entries, so memory
+    does not grow with ``nnz × D``."""
+    lead = outputs.shape[:-2]
+    if rows.shape[0] > _DENSE_SHARE * X.shape[0] * outputs.shape[-2]:
+        every = likelihood.pairwise_log_prob(X.expand(lead + X.shape), outputs)
         return every[..., rows, cols]
-    per_block = max(1, _PAIR_BLOCK // (means.shape[-1] * math.prod(lead)))
-    out = means.new_empty(lead + (rows.shape[0],))
+    per_block = max(1, _PAIR_BLOCK // (outputs.shape[-1] * math.prod(lead)))
+    out = outputs.new_empty(lead + (rows.shape[0],))
     for start in range(0, rows.shape[0], per_block):
         block = slice(start, start + per_block)
-        out[..., block] = (X[rows[block]] - means[..., cols[block], :]).square().sum(-1)
+        out[..., block] = likelihood.log_prob(X[rows[block]], outputs[..., cols[block], :])
     return out
 
 
-def _smoothed_log_lik(objective: Objective, idx: torch.Tensor, mean: torch.Tensor):
-    """``Σ_i W_in log N(x_i; y_n, σ² I) = −m_n (D log σ + ½ D log 2π) − (m_n ‖x̄_n − y_n‖² +
-    c_n) / (2σ²)`` for each ``n`` in ``idx`` and decoded ``y_n`` (``mean``, one row per index)."""
-    lik = objective.model.likelihood
-    d = mean.shape[-1]
-    m = objective.mass[idx]
-    sq = m * (objective.xbar[idx] - mean).square().sum(-1) + objective.spread[idx]
-    return -m * d * (lik.log_sigma + 0.5 * math.log(2 * math.pi)) - 0.5 * sq / lik.sigma**2
+def _smoothed_log_lik(objective: Objective, idx: torch.Tensor, out: torch.Tensor):
+    """``Σ_i W_in log p(x_i | y_n)`` for each ``n`` in ``idx`` and decoded ``y_n`` (``out``, one
+    row per index), from ``m_n``, ``x̄_n`` and ``c_n``
+    (:meth:`~mapa_vae.likelihood.Likelihood.weighted_log_prob`)."""
+    return objective.model.likelihood.weighted_log_prob(
+        out, objective.mass[idx], objective.xbar[idx], objective.spread[idx])
 
 
 class MAPABound(Objective):
@@ -199,12 +203,16 @@ class MAPABound(Objective):
     @torch.no_grad()
     def reattachment_cost(self):
         """The re-attachment cost as a function ``(rows, atoms) → C``, ``C[i, j] =
-        m_n ‖x̄_n − f(a_m)‖²`` for ``n = rows[i]``, ``m = atoms[j]``, decoding every atom once."""
+        m_n C(x̄_n, f(a_m))`` for ``n = rows[i]``, ``m = atoms[j]``, decoding every atom once
+        (the likelihood's :meth:`~mapa_vae.likelihood.Likelihood.cost`: ``‖x̄_n − f(a_m)‖²`` for
+        the Gaussian), the part of ``−L`` that depends on which atom sits at ``n``, up to a
+        positive factor."""
         decoded = self.model.decoder(self.attachment.atoms).double().cpu().numpy()
         xbar, mass = self.xbar.double().cpu().numpy(), self.mass.double().cpu().numpy()
+        likelihood = self.model.likelihood
 
         def cost(rows, atoms):
-            return mass[rows, None] * cdist(xbar[rows], decoded[atoms], "sqeuclidean")
+            return mass[rows, None] * likelihood.cost(xbar[rows], decoded[atoms])
 
         return cost
 
@@ -214,7 +222,7 @@ class MAPABound(Objective):
         point, or for the training points ``points`` (decodes all ``N`` atoms; ``log p̂`` costs
         ``O(N)`` per point; for evaluation, not training)."""
         means = self.model.decoder(self.attachment.attached()).double()
-        sigma = float(self.model.likelihood.sigma)
+        likelihood = self.model.likelihood.frozen()
         n = means.shape[0]
         X = torch.as_tensor(self.X, dtype=torch.float64, device=means.device)
         W = self.weights if points is None else self.weights[np.asarray(points)]
@@ -223,14 +231,12 @@ class MAPABound(Objective):
         rows = torch.as_tensor(W.row, device=means.device)
         cols = torch.as_tensor(W.col, device=means.device)
         w = torch.as_tensor(W.data, device=means.device)
-        d = X.shape[1]
-        sq = _pair_sqdist(X, rows, means, cols)
-        log_lik = -0.5 * sq / sigma**2 - d * math.log(sigma) - 0.5 * d * math.log(2 * math.pi)
+        log_lik = _pair_log_lik(likelihood, X, rows, means, cols)
         contrib = w * (log_lik - math.log(n) - torch.log(w.clamp_min(1e-300)))
         bound = torch.zeros(X.shape[0], dtype=torch.float64,
                             device=means.device).index_add_(0, rows, contrib)
         log_w = torch.full((n,), -math.log(n), dtype=torch.float64, device=means.device)
-        log_p = mixture_log_prob(X, means, log_w, sigma)
+        log_p = mixture_log_prob(X, means, log_w, likelihood)
         return {"bound": bound.cpu().numpy(), "log_prob": log_p.cpu().numpy(),
                 "gap": (log_p - bound).cpu().numpy()}
 
@@ -262,15 +268,17 @@ class GaussianCodesBound(Objective):
     Summed over ``i`` the data enter through ``m_n``, ``x̄_n`` and ``c_n`` (as in
     :class:`MAPABound`):
 
-        Σ_i L_i = Σ_n { E_{N_n}[−m_n (D log σ + ½D log 2π) − (m_n ‖x̄_n − f(z)‖² + c_n) / (2σ²)]
-                        − m_n KL(N_n ‖ p) },
+        Σ_i L_i = Σ_n { E_{N_n}[Σ_i W_in log p(x_i | f(z))] − m_n KL(N_n ‖ p) },
+
+    the inner sum as in :class:`MAPABound` (for the Gaussian, ``−m_n (D log σ + ½D log 2π) −
+    (m_n ‖x̄_n − f(z)‖² + c_n) / (2σ²)``),
 
     estimated with one reparameterised draw per index of the minibatch: ``B`` decoder passes.
     ``KL(N_n ‖ p) = ½ Σ_j (μ² + s² − 1 − 2 log s)`` for the normal prior; for the uniform prior
     ``−KL = H(N(μ_n, s_n²)) + E[Σ_j log z_j (1 − z_j)]``, the expectation from the same draw.
 
     **Importance weighting** (``n_samples = K > 1``). Write ``g_n(z) = Σ_i (W_in / m_n) log
-    N(x_i; f(z), σ²I)`` (a weighted mean of log-likelihoods, through ``x̄_n`` and ``c_n``) and
+    p(x_i | f(z))`` (a weighted mean of log-likelihoods, through ``x̄_n`` and ``c_n``) and
     ``p̃_n = ∫ exp g_n(z) p(z) dz``. Hölder's inequality (weights ``W_in / m_n`` summing to one)
     gives ``log p̃_n ≤ Σ_i (W_in / m_n) log p_θ(x_i)``, so, ``W`` being row-stochastic,
     ``Σ_n m_n log p̃_n ≤ Σ_i log p_θ(x_i)``; each ``log p̃_n`` is bounded below by the
@@ -298,11 +306,12 @@ class GaussianCodesBound(Objective):
     decoder and ``σ`` follow the bound's gradient; each code follows, with the decoder held
     fixed, the gradient of its term under ``V`` instead of ``W``:
 
-        ∇_{μ_n, s_n} { E_{N_n}[−m'_n ‖x̄'_n − f(z)‖² / (2σ²)] − m'_n KL(N_n ‖ p) },
+        ∇_{μ_n, s_n} { E_{N_n}[Σ_i V_in log p(x_i | f(z))] − m'_n KL(N_n ‖ p) }
 
-    ``m'_n`` and ``x̄'_n`` the mass and target of ``n`` under ``V``. So a code must also explain
-    its kernel neighbours, as an encoder maps similar points to similar codes, while the
-    decoder still fits the unblurred targets. The estimate's value stays the bound's; the
+    (for the Gaussian, the inner sum is ``−m'_n ‖x̄'_n − f(z)‖² / (2σ²)`` up to terms free of
+    the codes), ``m'_n`` and ``x̄'_n`` the mass and target of ``n`` under ``V``. So a code must
+    also explain its kernel neighbours, as an encoder maps similar points to similar codes,
+    while the decoder still fits the unblurred targets. The estimate's value stays the bound's; the
     codes' part costs a second decoder pass per index (``2B`` passes per step) while it acts.
     One draw per code only (``n_samples = 1``).
 
@@ -415,10 +424,10 @@ class GaussianCodesBound(Objective):
         bound = (_smoothed_log_lik(self, idx, self.model.decoder(z.detach()))
                  + self.mass[idx] * neg_kl.detach())
         fixed = {name: p.detach() for name, p in self.model.decoder.named_parameters()}
-        mean = torch.func.functional_call(self.model.decoder, fixed, (z,))
-        sigma = self.model.likelihood.sigma.detach()
+        out = torch.func.functional_call(self.model.decoder, fixed, (z,))
         m = self.code_mass[idx]
-        codes_term = m * (neg_kl - 0.5 * (self.code_xbar[idx] - mean).square().sum(-1) / sigma**2)
+        codes_term = (self.model.likelihood.weighted_log_prob(out, m, self.code_xbar[idx],
+                                                              0.0, fixed=True) + m * neg_kl)
         return bound + (codes_term - codes_term.detach())  # the bound's value, V's code gradient
 
     def codes_smoothed(self) -> bool:
@@ -481,7 +490,6 @@ class GaussianCodesBound(Objective):
         idx = torch.arange(n, device=self.loc.device)
         z, neg_kl = self.codes(idx, eps)
         mean = self.model.decoder(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1] + (-1,))
-        lik = self.model.likelihood
         W = self.weights if points is None else self.weights[np.asarray(points)]
         W = W.tocoo()
         rows = torch.as_tensor(W.row, device=mean.device)
@@ -489,8 +497,7 @@ class GaussianCodesBound(Objective):
         X = torch.as_tensor(self.X, dtype=mean.dtype, device=mean.device)
         if points is not None:
             X = X[torch.as_tensor(np.asarray(points), device=mean.device)]
-        sq = _pair_sqdist(X, rows, mean, cols)  # (S, nnz)
-        log_lik = log_normal_from_sqdist(sq, lik.sigma.to(sq.dtype), X.shape[-1])
+        log_lik = _pair_log_lik(self.model.likelihood, X, rows, mean, cols)  # (S, nnz)
         inner = (log_lik + neg_kl[:, cols]).mean(0)
         w = torch.as_tensor(W.data, dtype=mean.dtype, device=mean.device)
         out = torch.zeros(W.shape[0], dtype=mean.dtype, device=mean.device)
@@ -525,6 +532,7 @@ class ELBO(_EncoderObjective):
     name = "vae"
 
     def forward(self, x, idx) -> BoundEstimate:
+        x = self.model.likelihood.observe(x)
         loc, scale = self.encoder(x)
         z, log_q = self.encoder.rsample(loc, scale, 1)
         mean = self.model.decoder(z[0])
@@ -550,6 +558,7 @@ class IWAEBound(_EncoderObjective):
         self.n_samples = n_samples
 
     def forward(self, x, idx) -> BoundEstimate:
+        x = self.model.likelihood.observe(x)
         loc, scale = self.encoder(x)
         z, log_q = self.encoder.rsample(loc, scale, self.n_samples)
         s, b, d = z.shape
@@ -573,13 +582,14 @@ class PriorProposalBound(Objective):
         self.n_samples = n_samples
 
     def forward(self, x, idx) -> BoundEstimate:
+        x = self.model.likelihood.observe(x)
         z = self.model.prior.icdf(torch.rand(self.n_samples, self.model.latent_dim,
                                              dtype=x.dtype, device=x.device)
                                   .clamp(1e-7, 1 - 1e-7))
         mean = self.model.decoder(z)
         log_w = torch.full((self.n_samples,), -math.log(self.n_samples), dtype=x.dtype,
                            device=x.device)
-        joint = mixture_log_joint(x, mean, log_w, self.model.likelihood.sigma)
+        joint = mixture_log_joint(x, mean, log_w, self.model.likelihood)
         return BoundEstimate(torch.logsumexp(joint, dim=1).mean(), passes=self.n_samples,
                              replicated=True)
 
@@ -609,7 +619,7 @@ class LaggingELBO(ELBO):
     def mutual_information(self, x: torch.Tensor) -> float:
         """``I_q(x; z)`` of the encoder over the rows of ``x`` (:func:`mutual_information`)."""
         with torch.no_grad():
-            return mutual_information(self.encoder, x)
+            return mutual_information(self.encoder, self.model.likelihood.observe(x))
 
     def get_extra_state(self) -> dict:
         return {"aggressive": self.aggressive, "best_mi": self.best_mi, "last_mi": self.last_mi}

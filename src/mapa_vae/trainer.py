@@ -145,8 +145,8 @@ class Trainer:
     """Runs ``config.steps`` optimisation steps of ``objective`` on data ``X``.
 
     ``history`` holds one row per ``log_every`` steps: step, mean bound over those steps, passes
-    in the last step, cumulative passes, training wall time, σ, and the step callbacks' numbers
-    (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
+    in the last step, cumulative passes, training wall time, the Gaussian likelihood's σ, and the
+    step callbacks' numbers (for MAPA: the full bound, its gap to ``log p̂``, attachment changes).
     ``monitor(step, model) -> dict``, if given, adds its numbers to each row (e.g. a test KL); like
     the diagnostics, its time is not training time and its network passes are not counted.
     ``shard``: this process's rank in a data-parallel run (``None``: one process); ``dtype``: the
@@ -316,8 +316,7 @@ class Trainer:
         since = self.step - (self.history[-1]["step"] if self.history else 0)
         row = {"step": self.step, "objective": self._running / max(since, 1),
                "passes_step": step_passes, "passes": self.passes,
-               "train_seconds": self.train_seconds,
-               "sigma": float(self.objective.model.likelihood.sigma.detach())}
+               "train_seconds": self.train_seconds, **self.objective.model.likelihood.history()}
         for callback in self.callbacks:
             row.update(callback.history())
         if self.monitor is not None:
