@@ -31,8 +31,8 @@ def test_exact_backends_find_the_true_neighbours(algorithm, dim, monkeypatch):
 
 def test_auto_is_exact_and_chooses_by_dimension():
     rng = np.random.default_rng(0)
-    assert NeighbourIndex(rng.normal(size=(50, 16))).algorithm == "kd_tree"
-    assert NeighbourIndex(rng.normal(size=(50, 17))).algorithm == "brute"
+    assert NeighbourIndex(rng.normal(size=(50, 8))).algorithm == "kd_tree"
+    assert NeighbourIndex(rng.normal(size=(50, 9))).algorithm == "brute"
     with pytest.raises(ValueError, match="unknown neighbour algorithm 'ball'"):
         NeighbourIndex(rng.normal(size=(50, 2)), "ball")
 

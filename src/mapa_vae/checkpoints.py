@@ -12,7 +12,8 @@ objective's tensors, the optimisers, step, passes, history and the RNG state) an
 
 Loading rebuilds the estimator from its settings, data and seed, restores the trainer's state
 and continues training up to ``steps`` (nothing to do when ``steps`` is the saved count), so a
-resumed run continues exactly where the saved one stopped.
+resumed run continues exactly where the saved one stopped; or, with ``setup=False``, restores
+the generative model alone, at once, for scoring and sampling.
 """
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ def params_for_file(estimator) -> dict:
     return params
 
 
-def save(estimator, path) -> None:
+def save(estimator, path, extra: dict | None = None) -> None:
     """Write a checkpoint of the fitted ``estimator`` to ``path``: settings (JSON), training
-    data, state tensors and history."""
+    data, state tensors and history, and the entries of ``extra``."""
     state = estimator.trainer_.state()
     state["estimator"] = type(estimator).__name__
     state["params"] = json.dumps(params_for_file(estimator))
@@ -67,14 +68,16 @@ def save(estimator, path) -> None:
     params = estimator.get_params()
     if "init" in params and not isinstance(params["init"], str):
         state["init"] = torch.as_tensor(as_data(params["init"], "init"))
+    state.update(extra or {})
     save_torch(state, path)
 
 
 def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None = None,
-         steps: int | None = None, features=None):
+         steps: int | None = None, features=None, setup: bool = True):
     """Rebuild a fitted ``cls`` estimator from :func:`save`. Custom networks (and a custom
     ``features`` transformer) are passed again; their weights come from the file. ``steps``
-    above the saved count resumes training."""
+    above the saved count resumes training. ``setup=False``: the generative model alone
+    (:func:`_model_only`)."""
     state = load_torch(path)
     name = state.get("estimator")
     if name != cls.__name__:
@@ -94,6 +97,8 @@ def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None 
     if steps is not None:
         params["steps"] = check_positive_int(steps, "steps")
     estimator = cls(**params)
+    if not setup:
+        return _model_only(estimator, state)
     if (estimator.method == "mapa" and params.get("code_learning_rate") is None
             and estimator._codes() == "atoms"
             and len(state["generative_optimizer"]["param_groups"]) == 1):
@@ -112,4 +117,22 @@ def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None 
         saved.setdefault("reason", "not recorded in this checkpoint")
         for key, attribute in _ATTACHMENT_RECORD.items():
             setattr(estimator, attribute, saved[key])
+    return estimator
+
+
+def _model_only(estimator, state: dict):
+    """``estimator`` with its fitted generative model (``model_``), features count and history
+    from a checkpoint's state, without rebuilding the method's objective from the data."""
+    X = state["X"].numpy()
+    model = estimator._build_model(X, sigma_start=1.0)  # σ itself comes from the state
+    prefix = "model."
+    model.load_state_dict({name[len(prefix):]: value for name, value in state["objective"].items()
+                           if name.startswith(prefix)})
+    estimator.model_ = model
+    estimator.n_features_in_ = X.shape[1]
+    estimator.history_ = json.loads(state["history"])
+    estimator.total_passes_ = int(state["passes"])
+    estimator.train_seconds_ = float(state["train_seconds"])
+    estimator.optimizer_steps_ = int(state["step"]) + int(state["extra_steps"])
+    estimator.passes_per_step_ = estimator.total_passes_ / max(estimator.optimizer_steps_, 1)
     return estimator

@@ -29,7 +29,7 @@ from .encoders import AmortizedPosterior
 from .evaluation import ImportanceEstimate, importance_log_marginal, prior_proposal
 from .likelihood import (LIKELIHOODS, BernoulliLikelihood, GaussianLikelihood, check_likelihood,
                          mixture_log_responsibilities)
-from .mapa import MAPAPosterior
+from .mapa import MAPAPosterior, leave_one_out_bandwidth
 from .mapa_setup import (MAX_NEIGHBOURS_ABOVE_2D, AttachmentReport, code_neighbours,
                          initial_candidates, prepare, probabilistic_pca_codes,
                          residual_isotropy_pvalue, run_pilots)
@@ -49,6 +49,13 @@ TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The level of the test that decides whether the data's probabilistic PCA is their model
 #: (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; ``code_freeze_at="auto"``).
 ISOTROPY_LEVEL = 0.01
+#: Up to two latent dimensions, ``features="auto"`` keeps the data themselves while an exact
+#: search for their neighbours costs at most this many multiply-adds (``N² D``: 15 s on 2 cores;
+#: 60 000 images of 784 pixels need 2.8·10¹²) ...
+RAW_SEARCH_BUDGET = 1 << 35
+#: ... and beyond, takes this many whitened principal components, where the k-d tree finds
+#: their neighbours fast (:mod:`mapa_vae.neighbours`: 16 components of 60 000 images took 34 s).
+LARGE_DATA_COMPONENTS = 8
 #: The optimisation defaults every estimator shares (:class:`~mapa_vae.trainer.TrainingSettings`).
 _TRAINING = TrainingSettings()
 
@@ -132,7 +139,9 @@ class _LatentDensity(DensityMixin, BaseEstimator):
             raise ValueError(f"dtype must be one of {sorted(TRAINING_DTYPES)}, got {self.dtype!r}")
         return TRAINING_DTYPES[self.dtype]
 
-    def _build_model(self, X: np.ndarray) -> GenerativeModel:
+    def _build_model(self, X: np.ndarray, sigma_start: float | None = None) -> GenerativeModel:
+        """The generative model for data ``X``; a learned ``σ`` starts at ``sigma_start``
+        (default: from the data, :meth:`_data_noise_scale`)."""
         latent_dim = check_positive_int(self.latent_dim, "latent_dim")
         prior = make_prior(self.prior, latent_dim)
         if self.decoder is None:
@@ -152,7 +161,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         if self._likelihood() == "bernoulli":
             likelihood = BernoulliLikelihood()
         elif self.sigma is None:
-            sigma0 = self._data_noise_scale(X)
+            sigma0 = self._data_noise_scale(X) if sigma_start is None else sigma_start
             likelihood = GaussianLikelihood(sigma0, learn_sigma=True)
         else:
             likelihood = GaussianLikelihood(self.sigma, learn_sigma=False)
@@ -166,10 +175,13 @@ class _LatentDensity(DensityMixin, BaseEstimator):
                              f"likelihood='bernoulli' has none: leave sigma=None")
         return name
 
-    @staticmethod
-    def _data_noise_scale(X: np.ndarray) -> float:
-        """Initial σ when it is learned: the leave-one-out kernel bandwidth over √2."""
-        return MAPAPosterior().fit(X).bandwidth_ / math.sqrt(2.0)
+    def _data_noise_scale(self, X: np.ndarray) -> float:
+        """Initial σ when it is learned: the leave-one-out kernel bandwidth over √2
+        (:func:`~mapa_vae.mapa.leave_one_out_bandwidth`), computed once per training set."""
+        known = getattr(self, "_noise_scale_of", None)
+        if known is None or known[0] is not X:
+            self._noise_scale_of = (X, leave_one_out_bandwidth(X) / math.sqrt(2.0))
+        return self._noise_scale_of[1]
 
     def _make_objective(self, X, model, start):
         """The objective for data ``X`` and ``model``; ``start``: what :meth:`_setup` chose to
@@ -258,7 +270,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         return self.log_likelihood(X).log_prob
 
     def log_likelihood(self, X, n_samples: int = 2000, proposal: str = "fitted",
-                       anneal_steps: int = 0, random_state=0) -> ImportanceEstimate:
+                       anneal_steps: int = 0, random_state=0,
+                       progress: bool = False) -> ImportanceEstimate:
         """``log p_θ(x)`` per row by importance sampling, with standard errors.
 
         ``proposal``: ``"fitted"`` (the default, the same for every method and for ground
@@ -269,7 +282,8 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         ``p(z)``. ``anneal_steps > 0`` (fitted proposal only): ``n_samples`` chains of annealed
         importance sampling from the fitted proposal through that many temperatures, for many
         latent dimensions, where importance sampling's effective sample size collapses
-        (digits at ``latent_dim=64``: 16 chains, 100 temperatures).
+        (digits at ``latent_dim=64``: 16 chains, 100 temperatures). ``progress``: a progress
+        bar over the rows (fitted proposal).
         """
         check_is_fitted(self, "model_")
         X = as_data(X, "X", n_features=self.n_features_in_, owner=type(self).__name__)
@@ -281,7 +295,7 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         model = self.model_
         if proposal == "fitted":
             return model.log_prob_estimate(X, seed=random_state, n_samples=n_samples,
-                                           anneal_steps=anneal_steps)
+                                           anneal_steps=anneal_steps, progress=progress)
         draw = self._proposal() if proposal == "model" else prior_proposal(model.prior)
         return importance_log_marginal(float64_decoder(model.decoder), model.prior,
                                        model.likelihood, X, draw, n_samples, random_state)
@@ -320,20 +334,23 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         return float(self.model_.likelihood.sigma.detach())
 
     # --- checkpoints ------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path, extra: dict | None = None) -> None:
         """Write a checkpoint: settings (JSON), training data, state tensors and history
-        (:mod:`mapa_vae.checkpoints`)."""
+        (:mod:`mapa_vae.checkpoints`); ``extra``: further entries (strings, tensors) kept in
+        the file beside them."""
         check_is_fitted(self, "model_")
-        checkpoints.save(self, path)
+        checkpoints.save(self, path, extra)
 
     @classmethod
     def load(cls, path, decoder: nn.Module | None = None, encoder: nn.Module | None = None,
-             steps: int | None = None, features=None):
+             steps: int | None = None, features=None, setup: bool = True):
         """Rebuild a fitted estimator from :meth:`save`. Custom networks (and a custom
         ``features`` transformer) are passed again; their weights come from the file. ``steps``
-        above the saved count resumes training."""
+        above the saved count resumes training. ``setup=False`` restores the generative model
+        alone, at once: enough to score, sample and decode, not to query posteriors or resume
+        (MAPA's setup is rebuilt from the training data, seconds at scale)."""
         return checkpoints.load(cls, path, decoder=decoder, encoder=encoder, steps=steps,
-                                features=features)
+                                features=features, setup=setup)
 
 
 def _finite_number(value) -> bool:
@@ -397,7 +414,9 @@ class MAPADensity(_LatentDensity):
         digits, one evaluator, medians of 3 seeds, with ``effective_neighbours="auto"``: 44.4
         nats per image at ``latent_dim=8`` against 39.6 on 16 components); up to two latent
         dimensions the data themselves (on digits at ``latent_dim=2`` two components smooth
-        over 37 neighbours and lose 14 nats). docs/gaussian_codes.md has every number.
+        over 37 neighbours and lose 14 nats), or where an exact search for their neighbours
+        would cost more than ``N² D = 2³⁵`` (:data:`RAW_SEARCH_BUDGET`; Fashion-MNIST's 60 000
+        images), their first 8 whitened components. docs/gaussian_codes.md has every number.
     init : str or array-like of shape (n_samples, latent_dim), default="auto"
         The initial attachment of atoms to indices. ``"auto"``: each data-only candidate
         (1-D: coarse, greedy, fiedler, angle; above: isomap, spectral; see
@@ -657,14 +676,20 @@ class MAPADensity(_LatentDensity):
     def _features(self, X) -> object:
         """``features`` with ``"auto"`` resolved: above two latent dimensions, the first
         ``latent_dim`` whitened principal components where the data have more dimensions than
-        that; otherwise the data themselves (``None``)."""
+        that; up to two, the data themselves (``None``) where an exact search for their
+        neighbours is affordable (:data:`RAW_SEARCH_BUDGET`), else their first
+        :data:`LARGE_DATA_COMPONENTS` whitened components."""
         if not isinstance(self.features, str):
             return self.features
         if self.features != "auto":
             raise ValueError(f"features must be 'auto', None, a number of principal components "
                              f"or a scikit-learn transformer, got {self.features!r}")
         d = check_positive_int(self.latent_dim, "latent_dim")
-        return d if 2 < d < X.shape[1] and d <= X.shape[0] else None
+        n, D = X.shape
+        if d > 2:
+            return d if d < D and d <= n else None
+        affordable = n * n * D <= RAW_SEARCH_BUDGET or D <= LARGE_DATA_COMPONENTS
+        return None if affordable else LARGE_DATA_COMPONENTS
 
     def _smoothing(self) -> tuple:
         """``(effective_neighbours, max_effective_neighbours)`` for MAPA's width, with
@@ -704,18 +729,22 @@ class MAPADensity(_LatentDensity):
         return None
 
     def _code_weights(self, setup) -> sparse.csr_matrix | None:
-        """MAPA's weights at ``code_smoothing`` effective neighbours in MAPA's representation,
-        where they smooth more than the training weights: a kernel more than 1% wider. (Widths
+        """MAPA's weights at ``code_smoothing`` effective neighbours in MAPA's representation
+        (beyond the dense form, on the neighbours MAPA's weights keep), where they smooth more
+        than the training weights: a kernel more than 1% wider. (Widths
         set by effective neighbours are roots found by bisection, so the same target reached
         twice, say by the ceiling of the leave-one-out width, gives two widths a hair apart.)
         Else ``None``."""
         target = self._code_smoothing()
         if target is None:
             return None
-        smoother = MAPAPosterior(n_neighbors=self.n_neighbors,
-                                 effective_neighbours=target).fit(setup.representation)
         current = 0.0 if self.weights == "identity" else setup.mapa.bandwidth_
-        return smoother.weights_ if smoother.bandwidth_ > 1.01 * current else None
+        if setup.mapa.dense_:
+            smoother = MAPAPosterior(n_neighbors=self.n_neighbors,
+                                     effective_neighbours=target).fit(setup.representation)
+            return smoother.weights_ if smoother.bandwidth_ > 1.01 * current else None
+        width = setup.mapa.width_for(target)  # on MAPA's own neighbours: no second search
+        return setup.mapa.weights_at(width) if width > 1.01 * current else None
 
     def _code_freeze_at(self) -> float:
         """``code_freeze_at`` with ``"auto"`` resolved: for Gaussian codes above two latent
@@ -791,9 +820,10 @@ class MAPADensity(_LatentDensity):
         learning_rate = self._learning_rate()
         rate = ((POSITION_RATE if atoms else 3) * learning_rate if self.code_learning_rate is None
                 else self.code_learning_rate)
+        order = setup.mapa.locality_order()
         if atoms:
             return MAPABound(model, W, X, Attachment(setup.atoms, perm, dtype),
-                             code_lr_scale=rate / learning_rate, dtype=dtype)
+                             code_lr_scale=rate / learning_rate, dtype=dtype, order=order)
         if self._code_start(X) == "ppca":
             loc, scale = probabilistic_pca_codes(X, model.latent_dim)
         else:
@@ -801,14 +831,15 @@ class MAPADensity(_LatentDensity):
             if isinstance(model.prior, Uniform):  # logit-normal codes: start at the atoms' logits
                 clipped = np.clip(loc, 1e-6, 1 - 1e-6)
                 loc = np.log(clipped) - np.log1p(-clipped)
-        neighbours = code_neighbours(setup.representation) if self._code_tying() else None
+        neighbours = code_neighbours(setup) if self._code_tying() else None
         mean_rate = self.code_mean_rate
         return GaussianCodesBound(model, W, X, loc, scale,
                                   code_lr_scale=rate / learning_rate,
                                   mean_lr_scale=None if mean_rate is None
                                   else mean_rate / learning_rate,
                                   n_samples=int(self.importance_samples), neighbours=neighbours,
-                                  code_weights=self._code_weights(setup), dtype=dtype)
+                                  code_weights=self._code_weights(setup), dtype=dtype,
+                                  order=order)
 
     def _callbacks(self, objective) -> list:
         """The bound's diagnostics in the history; for atoms, projection and re-attachment;
@@ -864,17 +895,18 @@ class MAPADensity(_LatentDensity):
         return atom_proposal(weights, self.objective_.attachment.attached().double().cpu(),
                              self.model_.prior)
 
-    def bound_per_point(self, n_samples: int = 16, random_state=0) -> dict:
-        """The bound ``L_i`` per training point. Atoms: exact, with ``log p̂(x_i)`` and the gap
-        ``KL(W_i ‖ p̂(· | x_i))``. Gaussian codes: each code's expectation by ``n_samples``
-        seeded draws (``N · n_samples`` decoder passes)."""
-        check_is_fitted(self, "model_")
+    def bound_per_point(self, n_samples: int = 16, random_state=0, points=None) -> dict:
+        """The bound ``L_i`` per training point, or for the training points ``points``. Atoms:
+        exact, with ``log p̂(x_i)`` and the gap ``KL(W_i ‖ p̂(· | x_i))``. Gaussian codes: each
+        code's expectation by ``n_samples`` seeded draws (``n_samples`` decoder passes per code
+        the points' weights reach)."""
+        check_is_fitted(self, "objective_")
         if isinstance(self.objective_, GaussianCodesBound):
             generator = torch.Generator().manual_seed(self._seed_of(random_state))
-            return self.objective_.per_point(n_samples=check_positive_int(n_samples,
-                                                                          "n_samples"),
+            return self.objective_.per_point(points, n_samples=check_positive_int(n_samples,
+                                                                                  "n_samples"),
                                              generator=generator)
-        return self.objective_.per_point()
+        return self.objective_.per_point(points)
 
     @staticmethod
     def _seed_of(random_state) -> int:

@@ -16,7 +16,7 @@ is at least as far as the ``k``-th neighbour ``d_(k)``:
 
 reported as ``truncation_bound_`` (a bound, often loose); :meth:`MAPAPosterior.truncated_mass`
 computes the dropped mass exactly in ``O(N²)``. Every sparse fit also measures it exactly on a
-sample of rows (all rows up to a few thousand points, ``O(N)`` each) for a grid of ``k``, keeps
+seeded sample of ``4·10⁶ / N`` rows (at least 32; ``O(N)`` each) for a grid of ``k``, keeps
 the result (``sampled_lost_mass_``, ``neighbors_for_99_``) and warns
 (:class:`TruncationWarning`) when a sampled row loses more than 1% of its weight.
 ``n_neighbors="auto"`` is dense up to 2048 points; beyond, it takes the smallest ``k`` (a power of
@@ -28,7 +28,9 @@ leave-one-out log-likelihood of the Gaussian kernel density estimate,
 
     LOO(h) = (1/N) Σ_i log[ (1/(N − 1)) Σ_{j ≠ i} N(x_i; x_j, h² I) ],
 
-with the inner sum over the kept neighbours. MAPA's weights are then the responsibilities of the
+with the inner sum over the kept neighbours and, beyond 2048 points, the mean over 2048 rows
+sampled by a fixed seed (the same sample gives the median row of the smoothing below). MAPA's
+weights are then the responsibilities of the
 kernel mixture that best predicts held-out training points from the others, which is what MAPA's
 ``N(x; x_n, h² I) ≈ N(x; f(z_n), σ² I)`` asks for.
 
@@ -48,19 +50,23 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import torch
 from scipy import sparse
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
+from scipy.spatial import KDTree
 from scipy.spatial.distance import cdist
 
+from .likelihood import squared_distances
 from .neighbours import NeighbourIndex, check_algorithm
 from .validation import as_data, check_positive_int
 
 _MAX_DENSE_ENTRIES = 250_000_000  # about 2 GB of float64 for a dense N × N kernel
 _AUTO_DENSE_MAX = 2048  # n_neighbors="auto": dense (exact) up to this many points
+_PROBE_ROWS = 2048  # rows whose neighbours choose the bandwidth, beyond which a sample
 _AUTO_MIN_NEIGHBORS = 32  # n_neighbors="auto": the fewest neighbours kept beyond that
 _AUTO_MAX_ENTRIES = 2**25  # n_neighbors="auto": at most N·k kept entries (about 1 GiB in a fit)
-_CHECK_DISTANCES = 20_000_000  # distances spent measuring the truncation on sampled rows
+_CHECK_DISTANCES = 4_000_000  # distances spent measuring the truncation on sampled rows
 _CHECK_MIN_ROWS = 32
 _KEEP = 0.99  # the share of each row's kernel weight a sparse fit should keep
 
@@ -162,6 +168,37 @@ def _bandwidth_for_neighbours(sqdist: np.ndarray, target: float, lo: float, hi: 
     return math.exp(0.5 * (low + high))
 
 
+def _kernel_rows(X: np.ndarray, rows: np.ndarray, shift: np.ndarray, inv: float) -> np.ndarray:
+    """``K[i, j] = exp(−inv (‖x_i − x_j‖² − shift_i))`` over every training point ``j``, for
+    the training rows ``rows``: shape ``(len(rows), N)``, float64, computed on all cores."""
+    data = torch.as_tensor(X)
+    sq = squared_distances(data[torch.as_tensor(rows)], data)
+    return sq.sub_(torch.as_tensor(shift)[:, None]).mul_(-inv).exp_().numpy()
+
+
+def _pair_distances(X: np.ndarray, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``‖x_{rows[i]} − x_{idx[i, j]}‖²`` of shape ``idx.shape`` (float64, blocks of 2²²
+    entries)."""
+    out = np.empty(idx.shape)
+    per_block = max(1, (1 << 22) // (idx.shape[1] * X.shape[1]))
+    for start in range(0, len(rows), per_block):
+        part = slice(start, start + per_block)
+        out[part] = ((X[rows[part], None, :] - X[idx[part]]) ** 2).sum(axis=2)
+    return out
+
+
+def leave_one_out_bandwidth(X) -> float:
+    """The leave-one-out bandwidth :class:`MAPAPosterior` chooses for ``X`` (neither
+    ``bandwidth``, ``sigma`` nor a smoothing given), without computing its weights."""
+    X = as_data(X, "X", min_samples=2)
+    mapa = MAPAPosterior()
+    if X.shape[0] <= _AUTO_DENSE_MAX:
+        return mapa.fit(X).bandwidth_
+    mapa.X_fit_, mapa.index_ = X, NeighbourIndex(X, mapa.algorithm, mapa.n_jobs)
+    mapa._probe(0)
+    return mapa.bandwidth_
+
+
 class MAPAPosterior:
     """MAPA weights over training indices, in scikit-learn style.
 
@@ -188,7 +225,7 @@ class MAPAPosterior:
         (none of the three above).
     algorithm : {"auto", "kd_tree", "brute", "hnsw"}, default="auto"
         Neighbour search for the sparse form (:mod:`mapa_vae.neighbours`): ``"auto"`` is exact
-        (k-d tree up to 16 dimensions, brute force above); ``"hnsw"`` is approximate (FAISS).
+        (k-d tree up to 8 dimensions, brute force above); ``"hnsw"`` is approximate (FAISS).
     n_jobs : int, default=-1
         Threads for the neighbour search (``-1``: all cores).
 
@@ -265,15 +302,11 @@ class MAPAPosterior:
             self.algorithm_ = self.index_.algorithm
             probe = None
             if self.bandwidth is None and self.sigma is None:  # from distances to k neighbours
-                probe_k = k or _AUTO_MIN_NEIGHBORS
-                if self.effective_neighbours is not None:  # room for the asked smoothing
-                    probe_k = max(probe_k, min(n, math.ceil(4 * self.effective_neighbours)))
-                probe = self.index_.query(X, probe_k, include_self=True)
-                self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(probe[0])
+                probe = self._probe(k)
             else:
                 self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(None)
             k = self._measure_truncation(k)
-            if probe is not None and probe[0].shape[1] == k:
+            if probe is not None and probe[0].shape == (n, k):
                 sqdist, idx = probe
             else:
                 sqdist, idx = self.index_.query(X, k, include_self=True)
@@ -288,6 +321,25 @@ class MAPAPosterior:
                 f"{lost.size} rows); n_neighbors={self.neighbors_for_99_} would keep 99%",
                 TruncationWarning, stacklevel=2)
         return self
+
+    def _probe(self, k: int):
+        """Choose the bandwidth from the data (:meth:`_choose_bandwidth`) on the distances of
+        probed rows to their nearest ``k`` points (32 for the "auto" ``k = 0``, at least four
+        times the effective neighbours asked for): every row up to :data:`_PROBE_ROWS` points,
+        a seeded sample of that many rows beyond (the leave-one-out likelihood is a mean over
+        rows, the effective neighbours a median). Returns the probe's ``(sqdist, idx)``."""
+        X = self.X_fit_
+        n = X.shape[0]
+        probe_k = k or _AUTO_MIN_NEIGHBORS
+        if self.effective_neighbours is not None:  # room for the asked smoothing
+            probe_k = max(probe_k, min(n, math.ceil(4 * self.effective_neighbours)))
+        rows = None
+        if n > _PROBE_ROWS:
+            rows = np.sort(np.random.default_rng(1).choice(n, _PROBE_ROWS, replace=False))
+        probe = self.index_.query(X if rows is None else X[rows], probe_k, include_self=True,
+                                  rows=rows)
+        self.bandwidth_, self.bandwidth_rule_ = self._choose_bandwidth(probe[0])
+        return probe
 
     def query(self, X) -> sparse.csr_matrix:
         """Out-of-sample weights ``MAPA(n | x)`` for new rows, shape ``(n_rows, n_samples_fit)``."""
@@ -363,30 +415,41 @@ class MAPAPosterior:
     def _measure_truncation(self, k: int) -> int:
         """The exact kernel weight lost by keeping each row's ``k`` nearest points, measured on
         sampled rows for ``k`` and a grid of powers of two; ``k = 0`` asks for the "auto" choice.
-        Sets ``sampled_rows_``, ``sampled_lost_mass_`` and ``neighbors_for_99_``; returns ``k``."""
+        Sets ``sampled_rows_``, ``sampled_lost_mass_`` and ``neighbors_for_99_``; returns ``k``.
+
+        A sampled row's whole kernel mass takes its distances to every point (``O(N)``); the
+        weight its nearest ``s`` points keep comes from the neighbour index, queried for the
+        sampled rows up to the memory budget's ``k``; only where no neighbourhood that small
+        keeps 99% of every sampled row are the sampled rows' weights sorted whole (in float32:
+        the larger neighbourhoods' weight to about 1e-7)."""
         X = self.X_fit_
         n = X.shape[0]
         n_rows = int(np.clip(_CHECK_DISTANCES // n, _CHECK_MIN_ROWS, n))
         rows = np.sort(np.random.default_rng(0).choice(n, n_rows, replace=False))
         limit = max(2, min(n - 1, _AUTO_MAX_ENTRIES // n))
         grid = [2**j for j in range(1, n.bit_length()) if 2**j < n]
-        sizes = sorted({*grid, limit, *([k] if k else [])})
-        kept = np.empty((n_rows, len(sizes)))
-        chunk = max(1, 4_000_000 // n)
-        for start in range(0, n_rows, chunk):
-            block = rows[start:start + chunk]
-            weights, _ = _normalised_kernel(cdist(X[block], X, "sqeuclidean"), self.bandwidth_)
-            largest_first = -np.partition(-weights, [s - 1 for s in sizes], axis=1)
-            kept[start:start + len(block)] = np.cumsum(largest_first, axis=1)[:, [s - 1 for s
-                                                                                  in sizes]]
-        lost = np.clip(1.0 - kept, 0.0, 1.0)
-        enough = [s for s, worst in zip(sizes, lost.max(axis=0)) if worst <= 1 - _KEEP
-                  and s in grid]
+        inv = 0.5 / self.bandwidth_**2
+        reach = max(limit, k)
+        near, _ = self.index_.query(X[rows], reach, include_self=True, rows=rows)
+        shift = near[:, 0]  # each row's nearest, as in the weights
+        kernel = _kernel_rows(X, rows, shift, inv)
+        total = kernel.sum(axis=1)
+        kept = np.cumsum(np.exp(-inv * (near - shift[:, None])), axis=1) / total[:, None]
+        sizes = sorted({s for s in grid if s <= reach} | {limit, k} - {0})
+        lost = dict(zip(sizes, np.clip(1.0 - kept[:, [s - 1 for s in sizes]], 0.0, 1.0).T))
+        enough = [s for s in grid if s in lost and lost[s].max() <= 1 - _KEEP]
+        if not enough:  # the larger neighbourhoods, from whole sorted rows
+            far = [s for s in grid if s > reach]
+            largest = np.sort(kernel.astype(np.float32), axis=1)[:, ::-1]
+            parts = np.add.reduceat(largest, [0] + far, axis=1, dtype=np.float64)[:, :-1]
+            kept = np.cumsum(parts, axis=1)
+            lost.update(zip(far, np.clip(1.0 - kept / total[:, None], 0.0, 1.0).T))
+            enough = [s for s in far if lost[s].max() <= 1 - _KEEP]
         self.neighbors_for_99_ = enough[0] if enough else n
         if not k:  # "auto": the fewest that keep 99%, within the memory budget
             k = min(max(self.neighbors_for_99_, _AUTO_MIN_NEIGHBORS), limit)
         self.sampled_rows_ = rows
-        self.sampled_lost_mass_ = lost[:, sizes.index(k)]
+        self.sampled_lost_mass_ = lost[k]
         return k
 
     def _choose_bandwidth(self, sqdist: np.ndarray):
@@ -422,17 +485,57 @@ class MAPAPosterior:
             return _bandwidth_for_neighbours(sqdist, float(cap), lo, h), "loo_capped"
         return h, "loo"
 
-    def _weights(self, sqdist: np.ndarray, idx: np.ndarray):
-        """CSR weights from each row's kept squared distances, and the truncation bound.
+    def width_for(self, effective_neighbours: float) -> float:
+        """The width ``h`` at which the median probed row of a sparse fit has
+        ``effective_neighbours``, as a fit given them would choose it, from this fit's
+        neighbours (no second search)."""
+        self._check_sparse()
+        X, n = self.X_fit_, self.X_fit_.shape[0]
+        rows = np.arange(n) if n <= _PROBE_ROWS else np.sort(
+            np.random.default_rng(1).choice(n, _PROBE_ROWS, replace=False))
+        reach = min(self.n_neighbors_, max(_AUTO_MIN_NEIGHBORS,
+                                           math.ceil(4 * effective_neighbours)))
+        probe = _pair_distances(X, rows, self.neighbors_[rows, :reach])
+        nearest = np.sort(probe, axis=1)[:, 1]  # the nearest other point (or a duplicate)
+        lo = 0.01 * float(np.sqrt(np.median(nearest[nearest > 0])))
+        hi = 2.0 * float(np.sqrt(probe.max()))
+        return _bandwidth_for_neighbours(probe, float(effective_neighbours), lo, hi)
+
+    def weights_at(self, bandwidth: float) -> sparse.csr_matrix:
+        """A sparse fit's row-stochastic weights at another width, over each row's kept
+        neighbours (their distances recomputed, ``O(N k D)``)."""
+        self._check_sparse()
+        idx = self.neighbors_
+        sqdist = _pair_distances(self.X_fit_, np.arange(idx.shape[0]), idx)
+        return self._weights(sqdist, idx, float(bandwidth))[0]
+
+    def locality_order(self) -> np.ndarray:
+        """The training indices in the leaf order of a k-d tree over them: points near each
+        other come near each other (for cache-friendly sums over neighbours)."""
+        self._check_fitted()
+        if self.index_ is not None and self.index_.algorithm == "kd_tree":
+            return self.index_.tree.indices
+        return KDTree(self.X_fit_, leafsize=16).indices
+
+    def _check_sparse(self) -> None:
+        self._check_fitted()
+        if self.dense_:
+            raise ValueError("this MAPAPosterior keeps every point (dense); fit another at the "
+                             "width asked for")
+
+    def _weights(self, sqdist: np.ndarray, idx: np.ndarray, bandwidth: float | None = None):
+        """CSR weights from each row's kept squared distances at ``bandwidth`` (default
+        ``bandwidth_``), and the truncation bound.
 
         ``sqdist`` is overwritten (it becomes the weights' data), so that a fit holds one
         ``N × k`` float array and one index array, not several.
         """
         n_rows, k = sqdist.shape
         n_fit = self.X_fit_.shape[0]
-        inv = 0.5 / self.bandwidth_**2
+        bandwidth = self.bandwidth_ if bandwidth is None else bandwidth
+        inv = 0.5 / bandwidth**2
         spread = sqdist.max(axis=1) - sqdist.min(axis=1)  # farthest kept, relative to nearest
-        kernel, row_sum = _normalised_kernel(sqdist, self.bandwidth_)
+        kernel, row_sum = _normalised_kernel(sqdist, bandwidth)
         indices = np.ascontiguousarray(idx).ravel()
         indptr = np.arange(0, n_rows * k + 1, k, dtype=indices.dtype)
         weights = sparse.csr_matrix((kernel.ravel(), indices, indptr), shape=(n_rows, n_fit))

@@ -29,8 +29,8 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.decomposition import PCA
 
-from .atoms import (candidate_attachments, initial_attachment, least_rough, stratified_atoms,
-                    transport)
+from .atoms import (ISOMAP_MAX, candidate_attachments, initial_attachment, least_rough,
+                    stratified_atoms, transport)
 from .mapa import MAPAPosterior
 from .priors import Prior
 from .validation import as_data, check_positive_int
@@ -62,13 +62,20 @@ class MAPASetup:
 CODE_TIE_NEIGHBOURS = 5
 
 
-def code_neighbours(representation: np.ndarray, k: int = CODE_TIE_NEIGHBOURS) -> np.ndarray:
+def code_neighbours(setup: "MAPASetup", k: int = CODE_TIE_NEIGHBOURS) -> np.ndarray:
     """``(N, k)``: each training point's ``k`` nearest other training points in MAPA's
-    representation (scikit-learn's exact search; fewer than ``k`` when ``N ≤ k``)."""
+    representation (fewer than ``k`` when ``N ≤ k``): for sparse weights, the nearest their
+    neighbours list (each row's own index left out); else scikit-learn's exact search."""
+    F, mapa = setup.representation, setup.mapa
+    k = min(k, F.shape[0] - 1)
+    if not mapa.dense_ and mapa.n_neighbors_ > k:
+        near = mapa.neighbors_[:, :k + 1]
+        others = near != np.arange(len(near))[:, None]
+        others[others.sum(1) > k, -1] = False  # the row's own index was not among them
+        return near[others].reshape(len(near), k)
     from sklearn.neighbors import NearestNeighbors
 
-    k = min(k, representation.shape[0] - 1)
-    return NearestNeighbors(n_neighbors=k).fit(representation).kneighbors()[1]
+    return NearestNeighbors(n_neighbors=k).fit(F).kneighbors()[1]
 
 
 @dataclass
@@ -142,7 +149,10 @@ def probabilistic_pca_codes(X: np.ndarray, latent_dim: int) -> tuple[np.ndarray,
         raise ValueError(f"probabilistic PCA with latent_dim={latent_dim} needs more points and "
                          f"data dimensions than that; the data have {n} points in {D} "
                          f"dimensions")
-    pca = PCA(n_components=latent_dim, svd_solver="full").fit(X)
+    # the exact SVD for small data; beyond, the covariance's eigendecomposition: the same
+    # decomposition in O(N D²) time and O(D²) memory (60 000 × 784: 9 s against 1 s)
+    solver = "full" if n * D <= 1 << 22 or n <= D else "covariance_eigh"
+    pca = PCA(n_components=latent_dim, svd_solver=solver).fit(X)
     lam, noise = pca.explained_variance_, float(pca.noise_variance_)
     if not noise > NOISE_FLOOR * lam[0]:  # rounding leaves eigenvalues of about 1e-16 λ_1
         raise ValueError(f"probabilistic PCA needs noise off the first {latent_dim} principal "
@@ -262,7 +272,11 @@ def _reason_without_pilots(init, attachments: dict) -> str:
         return "init gave coordinates per training point"
     if init != "auto":
         return f"init={init!r}"
-    return f"no pilots: {next(iter(attachments))} is the only distinct candidate"
+    name = next(iter(attachments))
+    if name == "spectral":
+        return (f"no pilots: spectral is the only candidate (isomap is proposed up to "
+                f"{ISOMAP_MAX} points)")
+    return f"no pilots: {name} is the only distinct candidate"
 
 
 def run_pilots(candidates: Candidates, make_trainer, pilot_steps: int):

@@ -66,6 +66,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .evaluation import ImportanceEstimate, weight_summary
 from .likelihood import as_likelihood
@@ -172,7 +173,7 @@ def estimate_log_marginal(decode, prior: Prior, likelihood, X, n_samples: int = 
                           fit_samples: int = 4, learning_rate: float = 0.05, widen: float = 1.2,
                           defensive: float = 0.1, anneal_steps: int = 0,
                           leapfrog_steps: int = 5, seed=0,
-                          rows_per_chunk: int = 64) -> ImportanceEstimate:
+                          rows_per_chunk: int = 64, progress: bool = False) -> ImportanceEstimate:
     """``log p(x)`` per row of ``X`` by importance sampling from a proposal fitted to each point.
 
     Parameters
@@ -199,6 +200,8 @@ def estimate_log_marginal(decode, prior: Prior, likelihood, X, n_samples: int = 
         Leapfrog steps of each Hamiltonian Monte Carlo transition (annealing only).
     seed : int, default=0
         Seeds every draw; the result is a function of the seed.
+    progress : bool, default=False
+        A progress bar over the rows.
 
     Returns
     -------
@@ -240,6 +243,8 @@ def estimate_log_marginal(decode, prior: Prior, likelihood, X, n_samples: int = 
     generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**63)))
     x_all = torch.as_tensor(X, dtype=torch.float64)
     log_p, se, ess = (np.empty(len(X)) for _ in range(3))
+    bar = tqdm(total=len(X), disable=not progress, desc="log-likelihood", unit="row",
+               dynamic_ncols=True, leave=False)
     for first in range(0, len(X), rows_per_chunk):
         rows = slice(first, min(len(X), first + rows_per_chunk))
         x = x_all[rows]
@@ -255,6 +260,8 @@ def estimate_log_marginal(decode, prior: Prior, likelihood, X, n_samples: int = 
                 log_w = _importance_weights(target, x, loc, widen * factor, n_samples,
                                             defensive, generator)
         log_p[rows], se[rows], ess[rows] = weight_summary(log_w)
+        bar.update(rows.stop - rows.start)
+    bar.close()
     return ImportanceEstimate(log_p, se, ess, n_samples, decoder_passes=target.passes,
                               seconds=time.perf_counter() - start_time)
 

@@ -16,15 +16,21 @@ from typing import Callable
 
 from .estimators import (IWAEDensity, LaggingVAEDensity, MAPADensity, PriorISDensity,
                          VAEDensity)
+from .objectives import diagnostic_points
 
 
 def _mapa_metrics(estimator) -> dict:
     """MAPA's own numbers for a run: its bound (and, for atoms, the gap to ``log p̂``) over the
-    training points, its kernel's bandwidth, neighbours and truncation bound, and, where the
-    codes start at the data's PPCA posterior, the p-value of the test that PPCA is the data's
-    model (``None`` where the test does not apply)."""
-    exact = estimator.bound_per_point()
+    training points (up to 2048; beyond, over :func:`~mapa_vae.objectives.diagnostic_points`,
+    as many as ``bound_points`` says), its kernel's bandwidth, neighbours and truncation bound,
+    and, where the codes start at the data's PPCA posterior, the p-value of the test that PPCA
+    is the data's model (``None`` where the test does not apply)."""
+    n, dim = estimator.X_fit_.shape
+    points = None if n <= 2048 else diagnostic_points(n, dim)
+    exact = estimator.bound_per_point(points=points)
     out = {"gap": float(exact["gap"].mean())} if "gap" in exact else {}
+    if points is not None:
+        out["bound_points"] = len(points)
     p = estimator.ppca_isotropy_pvalue_
     if p is not None:
         out["ppca_isotropy_pvalue"] = p if p == p else None  # NaN: not applicable

@@ -33,6 +33,8 @@ from .objectives import Objective
 from .schedules import StepContext
 
 CHECKPOINT_FORMAT = "mapa-vae-checkpoint/1"
+#: What a MAPA bound rebuilds from the data, which checkpoints no longer keep.
+_REBUILT = ("mass", "xbar", "spread")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -347,7 +349,9 @@ class Trainer:
         """Restore from :meth:`state`; the next :meth:`fit` continues where it stopped."""
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a mapa-vae checkpoint (format {state.get('format')!r})")
-        self.objective.load_state_dict(state["objective"])
+        saved = {name: value for name, value in state["objective"].items()
+                 if name not in _REBUILT}  # older checkpoints kept the bounds' targets too
+        self.objective.load_state_dict(saved)
         self.generative_optimizer.load_state_dict(state["generative_optimizer"])
         if self.inference_optimizer is not None:
             self.inference_optimizer.load_state_dict(state["inference_optimizer"])
