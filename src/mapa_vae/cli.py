@@ -1,7 +1,9 @@
 """Command-line interface: ``mapa-vae demo`` (MAPA against the true posterior), ``mapa-vae fit``
-(train one method on a ground truth and score it; ``--device``, and ``--distributed`` under
-``torchrun``), ``mapa-vae bench`` (every dataset × method × seed, tables and figures) and
-``mapa-vae figures`` (the paper's figures that need no training)."""
+(train one method on a ground truth, or on real data with ``--data``, and score it; ``--device``,
+and ``--distributed`` under ``torchrun``), ``mapa-vae score``, ``sample`` and ``posterior`` (a
+model folder's per-row log-likelihoods, draws, and MAPA's posterior of new rows),
+``mapa-vae bench`` (every dataset × method × seed, tables and figures) and ``mapa-vae figures``
+(the paper's figures that need no training)."""
 from __future__ import annotations
 
 import argparse
@@ -58,10 +60,80 @@ _MAPA_SETTINGS = {
 }
 
 
+#: ``fit``'s options for ground truths only (with their defaults), refused with ``--data``.
+_TRUTH_ONLY = {"dataset": None, "twin": False, "learn_sigma": False, "n_train": None,
+               "train_kl": 0, "eval_every": 0, "n_eval": None, "distributed": False}
+#: ``fit``'s options for real data only (with their defaults), refused without ``--data``.
+_DATA_ONLY = {"latent_dim": None, "likelihood": None, "test_data": None, "test_fraction": None,
+              "standardize": None, "decoder": None, "hidden": None, "evaluator_samples": None,
+              "anneal_steps": None}
+
+
+def _mapa_settings(args) -> dict:
+    """The MAPA-only settings given on the command line, as estimator settings; an error where
+    another method is asked for."""
+    from . import methods
+
+    extra = {}
+    for name, what in _MAPA_SETTINGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if methods.family(args.method) != "mapa":
+            flag = "--" + name.replace("_", "-")
+            lacks = "has no kernel" if name == "effective_neighbours" else "has none"
+            raise ValueError(f"{flag} {what}; {args.method} {lacks}")
+        extra[name] = (value or None) if name == "code_smoothing" else value  # 0: off
+    return extra
+
+
+def _refuse(args, options: dict, why: str) -> None:
+    """Refuse any of ``options`` given (different from its default), saying ``why``."""
+    for name, default in options.items():
+        if getattr(args, name) != default:
+            raise ValueError(f"--{name.replace('_', '-')} {why}")
+
+
 def fit(args) -> tuple[dict, bool]:
+    """Train one method on a ground truth (:func:`fit_truth`) or on real data (``--data``,
+    :func:`fit_data`)."""
+    if args.data is not None:
+        _refuse(args, _TRUTH_ONLY, "applies to ground truths, not to --data")
+        return fit_data(args), True
+    _refuse(args, _DATA_ONLY, "applies to real data (--data SOURCE)")
+    return fit_truth(args)
+
+
+def fit_data(args) -> dict:
+    """Train one method on real data and score its test rows; write the model folder
+    (:mod:`mapa_vae.data_fit`)."""
+    from .data_fit import DataFitConfig, fit as fit_real
+
+    if args.latent_dim is None:
+        raise ValueError("--data needs --latent-dim D, the number of latent dimensions")
+    if args.test_data is not None and args.test_fraction is not None:
+        raise ValueError("give --test-data or --test-fraction, not both")
+    training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                                log_every=min(args.log_every, args.steps))
+    extra = _mapa_settings(args)
+    if args.init != "auto":
+        extra["init"] = args.init
+    config = DataFitConfig(
+        data=args.data, latent_dim=args.latent_dim, method=args.method, samples=args.samples,
+        likelihood=args.likelihood or "gaussian", test_data=args.test_data,
+        test_fraction=0.1 if args.test_fraction is None else args.test_fraction,
+        n_test=args.n_test, standardize=args.standardize, decoder=args.decoder or "mlp",
+        hidden=tuple(args.hidden or (256, 256)), training=training, seed=args.seed,
+        device=args.device, dtype=args.dtype,
+        evaluator_samples=args.evaluator_samples or 2000, anneal_steps=args.anneal_steps or 0,
+        extra=extra)
+    return fit_real(config, args.out, progress=not args.quiet)
+
+
+def fit_truth(args) -> tuple[dict, bool]:
     """Train one method on a ground truth; write metrics, history, checkpoint and a figure. In a
     distributed fit every rank trains the same model and rank 0 alone writes and reports."""
-    from . import methods
     from .experiment import RunConfig, run
 
     device, writer = args.device, True
@@ -73,26 +145,20 @@ def fit(args) -> tuple[dict, bool]:
     training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
                                 learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
                                 log_every=min(args.log_every, args.steps))
-    extra = {}
-    for name, what in _MAPA_SETTINGS.items():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if methods.family(args.method) != "mapa":
-            flag = "--" + name.replace("_", "-")
-            lacks = "has no kernel" if name == "effective_neighbours" else "has none"
-            raise ValueError(f"{flag} {what}; {args.method} {lacks}")
-        extra[name] = (value or None) if name == "code_smoothing" else value  # 0: off
-    config = RunConfig(dataset=args.dataset, method=args.method, samples=args.samples,
-                       twin=args.twin, n_train=args.n_train, n_test=args.n_test,
-                       n_train_kl=args.train_kl, training=training,
+    extra = _mapa_settings(args)
+    config = RunConfig(dataset=args.dataset or "circle", method=args.method,
+                       samples=args.samples, twin=args.twin, n_train=args.n_train or 1000,
+                       n_test=args.n_test or 5000, n_train_kl=args.train_kl, training=training,
                        learn_sigma=args.learn_sigma, init=args.init, seed=args.seed,
-                       eval_every=args.eval_every, n_eval=args.n_eval, device=device,
+                       eval_every=args.eval_every, n_eval=args.n_eval or 1000, device=device,
                        distributed=args.distributed, dtype=args.dtype, extra=extra)
     return run(config, args.out if writer else None, progress=writer and not args.quiet), writer
 
 
 def _print_fit(metrics: dict, out: str) -> None:
+    if "data" in metrics:
+        _print_data_fit(metrics, out)
+        return
     print(f"{metrics['dataset']}, {metrics['label']}, seed {metrics['seed']}: "
           f"{metrics['config']['steps']} steps; setup {metrics['setup_seconds']:.1f} s, training "
           f"{metrics['train_seconds']:.1f} s")
@@ -116,6 +182,84 @@ def _print_fit(metrics: dict, out: str) -> None:
     for name, value in rows:
         print(f"  {name:<26}{value}")
     print(f"wrote metrics.json, history.csv, checkpoint.pt and fit.png in {out}")
+
+
+def _print_data_fit(metrics: dict, out: str) -> None:
+    evaluator = metrics["evaluator"]
+    print(f"{metrics['data']}, {metrics['label']}, latent dimension {metrics['latent_dim']}, "
+          f"{metrics['likelihood']} likelihood, seed {metrics['seed']}: "
+          f"{metrics['n_train']} training rows, {metrics['n_test']} test rows "
+          f"({metrics['test_source']})")
+    rows = [("test log-likelihood", f"{metrics['test_log_likelihood']:.3f} ± "
+                                    f"{metrics['test_log_likelihood_se']:.3f} nats per row"),
+            ("evaluator", f"{evaluator['name']}, {evaluator['seconds_per_row']:.3f} s per row")]
+    if "test_bits_per_dim" in metrics:
+        rows.insert(1, ("bits per dimension", f"{metrics['test_bits_per_dim']:.4f}"))
+    if "test_median_ess" in metrics:
+        rows.append(("median effective samples", f"{metrics['test_median_ess']:.0f} of "
+                                                 f"{evaluator['n_samples']}"))
+    rows += [("network passes per step", f"{metrics['passes_per_step']:.1f}"),
+             ("time", f"setup {metrics['setup_seconds']:.1f} s, training "
+                      f"{metrics['train_seconds']:.1f} s, fit {metrics['fit_wall_seconds']:.1f} s")]
+    if metrics["sigma"] is not None:
+        rows.append(("sigma", f"{metrics['sigma']:.4g}"))
+    for name, value in rows:
+        print(f"  {name:<26}{value}")
+    images = ", samples.png" if metrics["preparation"]["image_shape"] else ""
+    print(f"wrote metrics.json, model.pt, history.csv{images} in {out}")
+
+
+def score(args) -> tuple[dict, bool]:
+    """Per-row log-likelihoods of new rows under a model folder's model."""
+    from .data_fit import score as score_rows
+    from .files import write_csv
+
+    result, summary = score_rows(args.model, args.file, n_samples=args.evaluator_samples,
+                                 anneal_steps=args.anneal_steps, seed=args.seed,
+                                 progress=not args.quiet)
+    rows = [{"row": i + 1, "log_prob": float(lp), "se": float(se)}
+            for i, (lp, se) in enumerate(zip(result["log_prob"], result["se"]))]
+    if args.out is not None:
+        write_csv(args.out, rows)
+    summary["rows"] = rows
+    return summary, True
+
+
+def _print_score(summary: dict, out: str | None) -> None:
+    if out is None:
+        print("row,log_prob,se")
+        for row in summary["rows"]:
+            print(f"{row['row']},{row['log_prob']!r},{row['se']!r}")
+        return
+    line = f"{summary['n_rows']} rows of {summary['source']}: mean log p(x) " \
+           f"{summary['test_log_likelihood']:.3f}"
+    if "test_log_likelihood_se" in summary:
+        line += f" ± {summary['test_log_likelihood_se']:.3f} nats per row"
+    print(line)
+    print(f"wrote {out}")
+
+
+def sample(args) -> tuple[str, bool]:
+    """Draws from a model folder's model, as a .npy file."""
+    from .data_fit import sample as draw, save_array
+
+    save_array(args.out, draw(args.model, args.n, seed=args.seed, means=args.means))
+    return f"wrote {args.n} {'means' if args.means else 'samples'} to {args.out}", True
+
+
+def posterior(args) -> tuple[str, bool]:
+    """MAPA's posterior of new rows under a model folder's MAPA model, as a .npz file."""
+    from .data_fit import posterior as query, save_arrays
+
+    arrays = query(args.model, args.file, top=args.top)
+    save_arrays(args.out, arrays)
+    n, k = arrays["indices"].shape
+    return (f"wrote {args.out}: for {n} rows, {k} training indices each (indices, weights, "
+            f"codes{', code_scales' if 'code_scales' in arrays else ''}, mean)"), True
+
+
+def _print_line(text: str, out) -> None:
+    print(text)
 
 
 def bench(args) -> tuple[str, bool]:
@@ -155,6 +299,26 @@ def _print_figures(paths: list, out: str) -> None:
         print(f"wrote {path}")
 
 
+def _check_folder(args) -> None:
+    check_output_folder(args.out)
+
+
+def _check_file(suffix: str, required: bool = True):
+    """A check of ``--out`` as a file ending in ``suffix``, before any work."""
+
+    def check(args) -> None:
+        if args.out is None and not required:
+            return
+        path = Path(args.out)
+        if path.suffix.lower() != suffix:
+            raise ValueError(f"--out {args.out!r}: the file's name must end in {suffix}")
+        if path.is_dir():
+            raise ValueError(f"--out {args.out!r} is a folder; name a {suffix} file")
+        check_output_folder(path.parent if str(path.parent) else ".", option="--out's folder")
+
+    return check
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mapa-vae", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mapa-vae {__version__}")
@@ -174,21 +338,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose h from the data (leave-one-out) instead of h = sqrt(2) sigma")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/demo", help="output folder")
-    p.set_defaults(run=demo, report=_print_summary)
+    p.set_defaults(run=demo, report=_print_summary, check=_check_folder)
 
     from .atoms import METHODS as ATTACHMENTS
+    from .data import NAMED as data_names
     from .methods import METHODS
 
     training = TrainingSettings()
     with_samples = ", ".join(f"{m.name} (default {m.samples})" for m in METHODS.values()
                              if m.samples)
 
-    p = commands.add_parser("fit", help="train one method on a ground truth and score its density",
-                            description="Train one method on samples of a ground truth, then "
-                                        "score the continuous model by its test KL.")
-    p.add_argument("--dataset", default="circle",
-                   help=f"one of {', '.join(datasets.names(include_all=True))}, or "
-                        f"path/to/file.py:object")
+    p = commands.add_parser(
+        "fit", help="train one method on real data (--data) or a ground truth, and score it",
+        description="Train one method on real data (--data SOURCE --latent-dim D: test "
+                    "log-likelihood by the one evaluator, and a model folder that scores, "
+                    "samples and answers posterior queries), or on samples of a ground truth "
+                    "(--dataset: the continuous model's test KL).")
+    p.add_argument("--data", default=None, metavar="SOURCE",
+                   help="real data: a .npy file, a .npz file (file.npz:key names one of its "
+                        "arrays), a .csv or .tsv file of numbers (one header row or none), an "
+                        "IDX file (*-ubyte[.gz]), or one of " + ", ".join(data_names))
+    p.add_argument("--latent-dim", type=_positive_int, default=None, metavar="D",
+                   help="latent dimensions of the model (with --data)")
+    p.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default=None,
+                   help="with --data: a Gaussian with learned sigma (default; integer pixels "
+                        "dequantised to (v + u) / L), or Bernoulli pixels (values in [0, 1] are "
+                        "probabilities, binarised afresh in training; test rows binarised once, "
+                        "by a fixed seed)")
+    p.add_argument("--test-data", default=None, metavar="SOURCE",
+                   help="with --data: test rows from another source (default: the named set's "
+                        "test split, or a held-out share)")
+    p.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help="with --data: the share of rows held out for testing, by --seed "
+                        "(default 0.1)")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --data: standardise each column by the training rows (default: "
+                        "for tables under the Gaussian likelihood; scores stay in the data's "
+                        "own units)")
+    p.add_argument("--decoder", choices=("mlp", "conv"), default=None,
+                   help="with --data: the decoder, an MLP of --hidden widths (default) or a "
+                        "small convolutional network for images")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", default=None, metavar="WIDTH",
+                   help="with --data: hidden widths of the MLP decoder (and the baselines' "
+                        "encoders; default 256 256)")
+    p.add_argument("--evaluator-samples", type=_positive_int, default=None, metavar="K",
+                   help="with --data: importance samples (or annealed chains) per test row "
+                        "above two latent dimensions (default 2000)")
+    p.add_argument("--anneal-steps", type=int, default=None, metavar="T",
+                   help="with --data: anneal from the fitted proposal through T temperatures "
+                        "(for many latent dimensions, where importance sampling's effective "
+                        "sample size collapses; default 0: importance sampling)")
+    p.add_argument("--dataset", default=None,
+                   help=f"a ground truth: one of {', '.join(datasets.names(include_all=True))}, "
+                        f"or path/to/file.py:object (default circle)")
     p.add_argument("--twin", action="store_true", help="use the dataset's non-identifiable twin")
     p.add_argument("--method", default="mapa", choices=list(METHODS), metavar="METHOD",
                    help="; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
@@ -246,9 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPA's Gaussian codes: start at each point's posterior under the data's "
                         "probabilistic PCA (ppca) or at the initial attachment's atoms (default "
                         "auto: ppca above two latent dimensions under the normal prior)")
-    p.add_argument("--n-train", type=_positive_int, default=1000)
-    p.add_argument("--n-test", type=_positive_int, default=5000,
-                   help="fresh samples for the test KL")
+    p.add_argument("--n-train", type=_positive_int, default=None,
+                   help="samples of a ground truth to train on (default 1000)")
+    p.add_argument("--n-test", type=_positive_int, default=None,
+                   help="fresh samples of a ground truth for the test KL (default 5000); with "
+                        "--data, score only the first N test rows (default: all)")
     p.add_argument("--train-kl", type=int, default=0, metavar="N",
                    help="also the KL on the first N training points, scored as the test points "
                         "are: test KL - train KL is the over-fit (default 0: none)")
@@ -258,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the test KL every this many steps, on the first --n-eval "
                         "test points (above two latent dimensions by the one evaluator: each "
                         "measurement costs as much as scoring that many points at the end)")
-    p.add_argument("--n-eval", type=_positive_int, default=1000, metavar="N",
+    p.add_argument("--n-eval", type=_positive_int, default=None, metavar="N",
                    help="test points of each --eval-every measurement (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where training runs: cpu, cuda, cuda:1, mps")
@@ -272,7 +476,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "closely")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/fit", help="output folder")
-    p.set_defaults(run=fit, report=_print_fit)
+    p.set_defaults(run=fit, report=_print_fit, check=_check_folder)
+
+    p = commands.add_parser("score", help="per-row log-likelihoods of new rows under a fitted "
+                                          "model (a folder fit --data wrote)")
+    p.add_argument("model", metavar="DIR", help="a model folder (fit --data ... --out DIR)")
+    p.add_argument("file", metavar="SOURCE", help="rows to score, as for fit --data; prepared "
+                                                  "as the model's test rows were")
+    p.add_argument("--evaluator-samples", type=_positive_int, default=2000, metavar="K",
+                   help="importance samples per row above two latent dimensions (default 2000)")
+    p.add_argument("--anneal-steps", type=int, default=0, metavar="T",
+                   help="anneal through T temperatures (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="the evaluator's seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="write row, log_prob, se (nats; se: the evaluator's Monte-Carlo "
+                        "standard error) as CSV (default: print them)")
+    p.set_defaults(run=score, report=_print_score, check=_check_file(".csv", required=False))
+
+    p = commands.add_parser("sample", help="draw from a fitted model (a folder fit --data wrote)")
+    p.add_argument("model", metavar="DIR", help="a model folder (fit --data ... --out DIR)")
+    p.add_argument("-n", type=_positive_int, required=True, metavar="K", help="draws")
+    p.add_argument("--means", action="store_true",
+                   help="the means E[x | z] for z from the prior, instead of draws of x")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="FILE.npy", help="where to write the draws")
+    p.set_defaults(run=sample, report=_print_line, check=_check_file(".npy"))
+
+    p = commands.add_parser("posterior", help="MAPA's posterior of new rows: their weights over "
+                                              "the training indices and the codes those carry")
+    p.add_argument("model", metavar="DIR", help="a MAPA model folder (fit --data ... --out DIR)")
+    p.add_argument("file", metavar="SOURCE", help="rows, as for fit --data")
+    p.add_argument("--top", type=_positive_int, default=None, metavar="K",
+                   help="keep each row's K largest weights, renormalised (default: every "
+                        "neighbour MAPA keeps)")
+    p.add_argument("--out", required=True, metavar="FILE.npz",
+                   help="write indices, weights, codes (code_scales for Gaussian codes) and "
+                        "each row's mean code")
+    p.set_defaults(run=posterior, report=_print_line, check=_check_file(".npz"))
 
     from .bench import QUICK, BenchConfig
     from .methods import BENCH_LABELS
@@ -327,13 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the paper's figures 1, 3, 4 and 5")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/bench", help="output folder")
-    p.set_defaults(run=bench, report=_print_bench)
+    p.set_defaults(run=bench, report=_print_bench, check=_check_folder)
 
     p = commands.add_parser("figures", help="the paper's figures 1, 3, 4 and 5 as PNG")
     p.add_argument("--n-train", type=_positive_int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/figures", help="output folder")
-    p.set_defaults(run=figures, report=_print_figures)
+    p.set_defaults(run=figures, report=_print_figures, check=_check_folder)
     return parser
 
 
@@ -348,7 +589,7 @@ def main(argv=None) -> int:
     # each command returns its result and whether this process reports it (in a distributed
     # fit, rank 0 alone)
     try:
-        check_output_folder(args.out)
+        args.check(args)
         summary, reports = args.run(args)
     except ValueError as error:
         print(f"mapa-vae: error: {error}", file=sys.stderr)

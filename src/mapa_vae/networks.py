@@ -1,4 +1,5 @@
-"""Neural networks: the default decoder architecture and float64 evaluation copies."""
+"""Neural networks: the default decoder (an MLP), a small convolutional decoder for images, and
+float64 evaluation copies."""
 from __future__ import annotations
 
 import copy
@@ -17,6 +18,42 @@ def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...] = (64, 64),
         width = h
     layers.append(nn.Linear(width, out_dim))
     return nn.Sequential(*layers)
+
+
+class ConvDecoder(nn.Module):
+    """A small convolutional decoder for images of ``image_shape = (H, W)`` (both divisible by
+    4): ``z → Linear → (c₀, H/4, W/4) → ConvTranspose 4×4 stride 2 → (c₁, H/2, W/2) →
+    ConvTranspose 4×4 stride 2 → (1, H, W)``, flattened to ``H · W`` outputs (a Gaussian's
+    means or a Bernoulli's logits), the activation between layers.
+
+    Parameters
+    ----------
+    latent_dim : int
+    image_shape : tuple of two ints
+    channels : tuple of two ints, default=(64, 32)
+        ``c₀`` and ``c₁``.
+    activation : type of torch.nn.Module, default=torch.nn.ReLU
+    """
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int],
+                 channels: tuple[int, int] = (64, 32), activation: type[nn.Module] = nn.ReLU):
+        super().__init__()
+        height, width = (int(v) for v in image_shape)
+        if height % 4 or width % 4 or height < 4 or width < 4:
+            raise ValueError(f"the convolutional decoder doubles its grid twice, so the image's "
+                             f"height and width must be multiples of 4; got {height} x {width}")
+        first, second = (int(c) for c in channels)
+        self.image_shape, self.channels = (height, width), (first, second)
+        self.grid = (first, height // 4, width // 4)
+        self.project = nn.Sequential(nn.Linear(latent_dim, first * height * width // 16),
+                                     activation())
+        self.upsample = nn.Sequential(nn.ConvTranspose2d(first, second, 4, stride=2, padding=1),
+                                      activation(),
+                                      nn.ConvTranspose2d(second, 1, 4, stride=2, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        grid = self.project(z).reshape(-1, *self.grid)
+        return self.upsample(grid).flatten(1)
 
 
 def float64_decoder(decoder: nn.Module):
