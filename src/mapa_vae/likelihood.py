@@ -82,6 +82,7 @@ def mixture_log_prob(x: torch.Tensor, means: torch.Tensor, log_weights: torch.Te
     if isinstance(likelihood, GaussianLikelihood):
         likelihood = float(likelihood.sigma)
     gaussian = not isinstance(likelihood, Likelihood)
+    against = None if gaussian else likelihood.against(means)  # per output, computed once
     out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     step = max(1, _CHUNK_PAIRS // max(1, means.shape[0]))
     for start in range(0, x.shape[0], step):
@@ -90,7 +91,7 @@ def mixture_log_prob(x: torch.Tensor, means: torch.Tensor, log_weights: torch.Te
             joint = squared_distances(x[rows], means).mul_(-0.5 / float(likelihood)**2)
             joint.add_(log_weights)
         else:
-            joint = likelihood.pairwise_log_prob(x[rows], means).add_(log_weights)
+            joint = against(x[rows]).add_(log_weights)
         out[rows] = torch.logsumexp(joint, dim=1)
     if gaussian:
         dim, sigma = x.shape[-1], float(likelihood)
@@ -132,6 +133,13 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def pairwise_log_prob(self, x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """``log p(x_i | y_j)`` of shape ``(..., n, m)`` for rows ``x`` ``(..., n, D)`` and
+        outputs ``(..., m, D)``."""
+        return self.against(outputs)(x)
+
+    def against(self, outputs: torch.Tensor):
+        """``x ↦ log p(x_i | y_j)`` for fixed outputs ``y``, what depends on them alone
+        computed once (for many blocks of rows against the same outputs)."""
         raise NotImplementedError
 
     def weighted_log_prob(self, out, mass, xbar, spread, fixed: bool = False) -> torch.Tensor:
@@ -192,9 +200,12 @@ class GaussianLikelihood(Likelihood):
         sqdist = (x - mean).square().sum(dim=-1)
         return log_normal_from_sqdist(sqdist, self.sigma.to(sqdist.dtype), x.shape[-1])
 
-    def pairwise_log_prob(self, x, outputs):
-        return log_normal_from_sqdist(squared_distances(x, outputs), self.sigma.to(x.dtype),
-                                      x.shape[-1])
+    def against(self, outputs):
+        def log_prob(x):
+            return log_normal_from_sqdist(squared_distances(x, outputs),
+                                          self.sigma.to(x.dtype), x.shape[-1])
+
+        return log_prob
 
     def weighted_log_prob(self, out, mass, xbar, spread, fixed: bool = False):
         log_sigma = self.log_sigma.detach() if fixed else self.log_sigma
@@ -238,8 +249,9 @@ class BernoulliLikelihood(Likelihood):
     def log_prob(self, x, logits):
         return (x * logits - log1p_exp(logits)).sum(-1)
 
-    def pairwise_log_prob(self, x, outputs):
-        return x @ outputs.mT - log1p_exp(outputs).sum(-1).unsqueeze(-2)
+    def against(self, logits):
+        log_norm = log1p_exp(logits).sum(-1).unsqueeze(-2)
+        return lambda x: x @ logits.mT - log_norm
 
     def weighted_log_prob(self, out, mass, xbar, spread, fixed: bool = False):
         return mass * ((xbar * out).sum(-1) - log1p_exp(out).sum(-1))
