@@ -169,3 +169,19 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path, capsys):
                  str(tmp_path / "x.txt")]) == 2
     assert "must end in .npy" in capsys.readouterr().err
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_compare_fits_every_method_on_the_same_rows(images, tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert main(["compare", "--data", str(images / "im-idx3-ubyte.gz"), "--latent-dim", "2",
+                 "--methods", "mapa", "vae", "--steps", "20", "--hidden", "16", "--quiet",
+                 "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [row["method"] for row in rows] == ["mapa", "vae"]
+    assert len({(row["n_train"], row["n_test"], row["test_source"]) for row in rows}) == 1
+    assert [row["passes_per_step"] for row in rows][1] == 200
+    for name in ("results.csv", "summary.md", "compare.png", "samples.png"):
+        assert (out / name).is_file()
+    assert (out / "mapa" / "model.pt").is_file() and (out / "vae" / "model.pt").is_file()
+    printed = capsys.readouterr().out
+    assert "| mapa |" in printed and "| vae |" in printed

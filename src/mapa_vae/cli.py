@@ -209,6 +209,36 @@ def _print_data_fit(metrics: dict, out: str) -> None:
     print(f"wrote metrics.json, model.pt, history.csv{images} in {out}")
 
 
+def compare(args) -> tuple[dict, bool]:
+    """Several methods on the same real data under one protocol: a table and figures."""
+    from .data_fit import DataFitConfig, compare as run_compare
+
+    if args.test_data is not None and args.test_fraction is not None:
+        raise ValueError("give --test-data or --test-fraction, not both")
+    from . import methods
+
+    for method in args.methods:
+        methods.get(method)
+    training = TrainingSettings(steps=args.steps, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, lr_schedule="cosine",
+                                log_every=min(100, args.steps))
+    config = DataFitConfig(
+        data=args.data, latent_dim=args.latent_dim, likelihood=args.likelihood,
+        test_data=args.test_data,
+        test_fraction=0.1 if args.test_fraction is None else args.test_fraction,
+        n_test=args.n_test, standardize=args.standardize, decoder=args.decoder,
+        hidden=tuple(args.hidden), training=training, seed=args.seed,
+        evaluator_samples=args.evaluator_samples, anneal_steps=args.anneal_steps)
+    return run_compare(config, args.methods, args.out, progress=not args.quiet), True
+
+
+def _print_compare(result: dict, out: str) -> None:
+    print(result["table"], end="")
+    images = ", samples.png" if result["rows"][0]["preparation"]["image_shape"] else ""
+    print(f"wrote results.json, results.csv, summary.md, compare.png{images} and a model folder "
+          f"per method in {out}")
+
+
 def score(args) -> tuple[dict, bool]:
     """Per-row log-likelihoods of new rows under a model folder's model."""
     from .data_fit import score as score_rows
@@ -477,6 +507,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", default="results/fit", help="output folder")
     p.set_defaults(run=fit, report=_print_fit, check=_check_folder)
+
+    p = commands.add_parser(
+        "compare", help="MAPA and the baselines on the same real data: a table and figures",
+        description="Fit several methods to the same real data under one protocol (the same "
+                    "split, decoder, steps, batch, learning rate and seed), score their test "
+                    "rows by the one evaluator, print a table and write "
+                    "results.json, results.csv, summary.md, compare.png, samples.png (images) "
+                    "and a model folder per method.")
+    p.add_argument("--data", default="digits", metavar="SOURCE",
+                   help="as for fit --data (default digits: scikit-learn's 8 x 8 images; "
+                        "fashion-mnist where its Debian package is installed)")
+    p.add_argument("--latent-dim", type=_positive_int, default=8, metavar="D", help="default 8")
+    p.add_argument("--methods", nargs="+", default=["mapa", "vae", "iwae"], metavar="METHOD",
+                   help="default: mapa vae iwae (IWAE with S = 10)")
+    p.add_argument("--likelihood", choices=("gaussian", "bernoulli"), default="gaussian")
+    p.add_argument("--test-data", default=None, metavar="SOURCE")
+    p.add_argument("--test-fraction", type=float, default=None, metavar="F",
+                   help="share of rows held out for testing (default 0.1)")
+    p.add_argument("--n-test", type=_positive_int, default=None, metavar="N",
+                   help="score only the first N test rows")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--decoder", choices=("mlp", "conv"), default="mlp")
+    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 128],
+                   metavar="WIDTH", help="default 128 128")
+    p.add_argument("--steps", type=_positive_int, default=5000, help="default 5000")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="default 100")
+    p.add_argument("--learning-rate", type=float, default=0.01,
+                   help="the peak rate of every method, cosine-annealed (default 0.01, "
+                        "benchmarks/digits.py's protocol)")
+    p.add_argument("--evaluator-samples", type=_positive_int, default=2000, metavar="K")
+    p.add_argument("--anneal-steps", type=int, default=0, metavar="T")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", default="results/compare", help="output folder")
+    p.set_defaults(run=compare, report=_print_compare, check=_check_folder)
 
     p = commands.add_parser("score", help="per-row log-likelihoods of new rows under a fitted "
                                           "model (a folder fit --data wrote)")

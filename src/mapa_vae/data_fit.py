@@ -15,6 +15,9 @@ latent dimensions; above, importance sampling from a proposal fitted to each row
 * ``samples.png`` for images: samples from the model, and test images beside their
   reconstructions through each one's posterior mean code.
 
+:func:`compare` fits several methods to the same rows under one protocol and writes their table
+and figures beside their model folders (``mapa-vae compare``).
+
 Log-likelihoods are of the rows as prepared: for standardised tables they are turned back into
 the columns' own units (``log p(x) = log p(z) − Σ_d log s_d``); for images they are densities of
 the dequantised pixels ``(v + u) / L`` on ``[0, 1)^D``, or probabilities of the binary pixels.
@@ -176,6 +179,12 @@ def summarize(score: dict, preparation: Preparation) -> dict:
 def fit(config: DataFitConfig, out: str | Path | None = None, progress: bool = False) -> dict:
     """Prepare the data, fit the method, score the test rows and, given ``out``, write the model
     folder (module docstring). Returns the metrics."""
+    return fit_estimator(config, out, progress)[0]
+
+
+def fit_estimator(config: DataFitConfig, out: str | Path | None = None,
+                  progress: bool = False) -> tuple[dict, object, Data]:
+    """:func:`fit`, returning the metrics, the fitted estimator and the prepared data."""
     config.validate()
     data = prepare(config.data, config.likelihood, test=config.test_data,
                    test_fraction=config.test_fraction, n_test=config.n_test,
@@ -210,7 +219,7 @@ def fit(config: DataFitConfig, out: str | Path | None = None, progress: bool = F
         metrics.update(extra(estimator))
     if out is not None:
         write_folder(Path(out), estimator, data, spec, metrics)
-    return metrics
+    return metrics, estimator, data
 
 
 def write_folder(out: Path, estimator, data: Data, spec: dict, metrics: dict) -> None:
@@ -263,6 +272,111 @@ def posterior_mean(estimator, rows: np.ndarray) -> np.ndarray:
     x)``, MAPA's mixture over training indices)."""
     post = estimator.posterior(rows)
     return post.loc if hasattr(post, "loc") and not hasattr(post, "weights") else post.mean()
+
+
+# --- several methods on the same rows ---------------------------------------------------------
+def compare(config: DataFitConfig, methods_: list[str], out: str | Path,
+            progress: bool = False) -> dict:
+    """Fit each of ``methods_`` under ``config``'s protocol (the same data, split, decoder,
+    steps, batch, learning rate and seed; a rate of ``None``: each method's protocol rate) and
+    write, in ``out``: a model folder per method, ``results.json`` and ``results.csv`` (one row
+    per method, a model folder's metrics), ``summary.md`` (the table :func:`comparison_table`
+    prints) and the figures ``compare.png`` (test log-likelihood against the fit's wall time)
+    and, for images, ``samples.png`` (each method's samples and reconstructions of the same test
+    images). Returns ``{"rows": [...], "table": str}``."""
+    out = Path(out)
+    rows, estimators = [], []
+    for method in methods_:
+        run = replace(config, method=method, training=replace(config.training))
+        metrics, estimator, data = fit_estimator(run, out / method, progress=progress)
+        rows.append(metrics)
+        estimators.append(estimator)
+        if progress:
+            print(f"  {rows[-1]['label']}: {rows[-1]['test_log_likelihood']:.2f} nats per row",
+                  flush=True)
+    table = comparison_table(rows)
+    flat = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
+    write_json(out / "results.json", rows)
+    write_csv(out / "results.csv", flat)
+    from .files import write_text
+
+    write_text(out / "summary.md", table)
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(rows)
+    save_figure(fig, out / "compare.png")
+    plt.close(fig)
+    if data.image_shape is not None:
+        fig = samples_figure(estimators, data)
+        save_figure(fig, out / "samples.png")
+        plt.close(fig)
+    return {"rows": rows, "table": table}
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """A Markdown table of methods fitted to the same rows."""
+    first = rows[0]
+    unit = "nats per image" if first["preparation"]["image_shape"] else "nats per row"
+    lines = [f"{first['data']}: {first['n_train']} training rows, {first['n_test']} test rows "
+             f"({first['test_source']}), latent dimension {first['latent_dim']}, "
+             f"{first['likelihood']} likelihood, {first['config']['steps']} steps, seed "
+             f"{first['seed']}; test log-likelihood in {unit} (higher is better) with its "
+             f"standard error across test rows, by the one evaluator "
+             f"({first['evaluator']['name']}).", "",
+             "| method | test log-likelihood | s.e. | bits/dim | passes/step | setup s | fit s |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        bits = f"{row['test_bits_per_dim']:.3f}" if "test_bits_per_dim" in row else "–"
+        lines.append(f"| {row['label']} | {row['test_log_likelihood']:.2f} | "
+                     f"{row['test_log_likelihood_se']:.2f} | {bits} | "
+                     f"{row['passes_per_step']:.0f} | {row['setup_seconds']:.1f} | "
+                     f"{row['fit_wall_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figure(rows: list[dict]):
+    """Test log-likelihood (± 2 standard errors) against the fit's wall time, per method."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    for i, row in enumerate(rows):
+        ax.errorbar(row["fit_wall_seconds"], row["test_log_likelihood"],
+                    yerr=2 * row["test_log_likelihood_se"], fmt="o", color=f"C{i}",
+                    label=f"{row['label']} ({row['passes_per_step']:.0f} passes/step)")
+    ax.set_xlabel("fit wall time (s), setup included")
+    ax.set_ylabel("test log-likelihood (nats per row)")
+    ax.set_title(f"{rows[0]['data']}, latent dimension {rows[0]['latent_dim']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def samples_figure(estimators: list, data: Data, n: int = 10):
+    """Rows of ``n`` images: test images; then per method its reconstructions of them (each
+    image's posterior mean code, decoded to ``E[x | z]``) and samples' means."""
+    import matplotlib.pyplot as plt
+
+    shape, test = data.image_shape, data.test[:n]
+    rows = [("test images", test)]
+    for estimator in estimators:
+        model = estimator.model_
+        with torch.no_grad():
+            recon = model.likelihood.mean(torch.as_tensor(
+                estimator.decode(posterior_mean(estimator, test)))).numpy()
+            means = model.likelihood.mean(torch.as_tensor(
+                model.decode(model.prior.sample(n, random_state=0)))).numpy()
+        rows += [(f"{estimator.method}: reconstructions", recon), (f"{estimator.method}: samples",
+                                                                    means)]
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for c in range(n):
+            axes[r, c].axis("off")
+            if c < len(images):
+                axes[r, c].imshow(np.clip(images[c], 0, 1).reshape(shape), cmap="gray",
+                                  vmin=0, vmax=1)
+        axes[r, 0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
 
 
 # --- a model folder ---------------------------------------------------------------------------
