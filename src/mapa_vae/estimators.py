@@ -373,161 +373,108 @@ class MAPADensity(_LatentDensity):
     Parameters
     ----------
     decoder : torch.nn.Module, optional
-        ``f_θ``: ``(B, latent_dim)`` → ``(B, n_features)``. Default: a 2 × 64 tanh MLP.
+        ``f_θ``: ``(B, latent_dim)`` → ``(B, n_features)``. Default: a tanh MLP of ``hidden``.
     latent_dim : int, default=1
     prior : {"normal", "uniform"}, default="normal"
     sigma : float, optional
-        Known observation noise (fixed). ``None`` learns ``σ`` and chooses MAPA's bandwidth from
-        the data (leave-one-out).
+        Known observation noise (fixed). ``None`` learns ``σ``, starting at the data's
+        leave-one-out kernel width over ``√2``, and chooses MAPA's width from the data.
     likelihood : {"gaussian", "bernoulli"}, default="gaussian"
         ``p(x | z)``: ``N(f_θ(z), σ² I)``, or independent Bernoulli pixels with logits
-        ``f_θ(z)`` for data in ``[0, 1]`` (read as the probabilities of binary pixels; no
-        ``sigma``; :mod:`mapa_vae.likelihood`). MAPA's bound costs ``B`` decoder passes per step
-        under either.
-    steps, batch_size, learning_rate, lr_schedule : optimisation (Adam; minibatches of atom
-        indices), default 3000 steps of 100, the protocol's peak rate of the method
-        (``learning_rate=None``, :mod:`mapa_vae.methods`: 0.01 for MAPA) cosine-annealed to zero
-        over ``steps`` (``lr_schedule="constant"`` keeps it), as every method and the bench.
-    n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`; ``bandwidth`` sets MAPA's
-        kernel scale ``h`` instead of ``√2 σ`` (``σ`` still fixes the noise, if given). With
-        ``features`` and neither given, ``h`` is chosen by leave-one-out, ``σ`` known or not:
-        ``√2 σ`` is a width in the data's units.
+        ``f_θ(z)`` for data in ``[0, 1]`` (the probabilities of binary pixels; no ``sigma``;
+        :mod:`mapa_vae.likelihood`). MAPA's bound costs ``B`` decoder passes per step under
+        either.
+    hidden : tuple of int, default=(64, 64)
+        The default decoder's hidden widths.
+    steps, batch_size, learning_rate, lr_schedule, log_every : optimisation
+        Adam on minibatches of indices, 3000 steps of 100 at the method's protocol peak rate
+        (``learning_rate=None``: 0.01, chosen on seeds the bench never uses; docs/learning_rates.md)
+        cosine-annealed to zero, as every method; a history row every ``log_every`` steps.
+    n_neighbors, bandwidth : passed to :class:`~mapa_vae.MAPAPosterior`
+        Neighbours kept per row of MAPA's weights (``"auto"``: dense up to 2048 points, beyond
+        the fewest keeping 99% of every sampled row's kernel weight); ``bandwidth`` fixes its
+        width ``h``.
     effective_neighbours : "auto", float or None, default="auto"
-        A number sets ``h`` so that the median training row of MAPA has this many effective
-        neighbours (``1 / Σ_n w_n²``, at least 1; :class:`~mapa_vae.MAPAPosterior`): how much
-        each target is smoothed, in terms that do not depend on the data's scale. Chosen on
-        held-out data with scikit-learn's ``GridSearchCV`` (README, "Choosing MAPA's kernel
-        width"). ``None``: the width rules above. ``"auto"``: the same, except that above two
-        latent dimensions a leave-one-out width that would give the median row more than
-        :data:`~mapa_vae.mapa_setup.MAX_NEIGHBOURS_ABOVE_2D` (1.25) effective neighbours is
-        lowered to the width giving that many (digits at ``latent_dim=4``, on 4 whitened
-        components: 37.0 nats per image against 32.1 uncapped, where leave-one-out smooths
-        over 5.7 neighbours).
+        MAPA's width stated as smoothing: ``h`` at which the median training row has this many
+        effective neighbours ``1 / Σ_n w_n²``, a scale-free number to choose on held-out data
+        (``GridSearchCV``). ``None``: ``√2 σ`` for a known ``σ`` on the data themselves, else
+        leave-one-out. ``"auto"``: the same, capped above two latent dimensions at 1.25
+        effective neighbours (:data:`~mapa_vae.mapa_setup.MAX_NEIGHBOURS_ABOVE_2D`), since a
+        wider kernel blurs the Gaussian codes' targets (docs/history.md, "MAPA's kernel width
+        and representation").
     features : "auto", None, int or scikit-learn transformer, default="auto"
-        The data-only representation MAPA is computed in (its weights and the candidate
-        attachments); the decoder still models the data. An int ``K``: PCA to ``K`` whitened
-        components (for high-dimensional data, where Euclidean kernels lose contrast);
-        ``None``: the data themselves. ``"auto"``: above two latent dimensions, the first
-        ``latent_dim`` whitened components where the data have more dimensions than that (the
-        components a linear model with ``latent_dim`` codes infers its codes from; on them the
-        leave-one-out width smooths the Gaussian codes' targets less as ``latent_dim`` grows;
-        digits, one evaluator, medians of 3 seeds, with ``effective_neighbours="auto"``: 44.4
-        nats per image at ``latent_dim=8`` against 39.6 on 16 components); up to two latent
-        dimensions the data themselves (on digits at ``latent_dim=2`` two components smooth
-        over 37 neighbours and lose 14 nats), or where an exact search for their neighbours
-        would cost more than ``N² D = 2³⁵`` (:data:`RAW_SEARCH_BUDGET`; Fashion-MNIST's 60 000
-        images), their first 8 whitened components. docs/gaussian_codes.md has every number.
+        The data-only representation MAPA's weights are computed in (the decoder always models
+        the data): an int ``K`` is PCA to ``K`` whitened components, ``None`` the data
+        themselves. ``"auto"``: above two latent dimensions, the first ``latent_dim`` whitened
+        components (those a linear model with ``latent_dim`` codes infers them from; digits,
+        docs/results.md); up to two, the data themselves, or their first 8 whitened components
+        where an exact neighbour search would cost more than ``N² D = 2³⁵``
+        (:data:`RAW_SEARCH_BUDGET`).
     init : str or array-like of shape (n_samples, latent_dim), default="auto"
-        The initial attachment of atoms to indices. ``"auto"``: each data-only candidate
-        (1-D: coarse, greedy, fiedler, angle; above: isomap, spectral; see
-        :mod:`mapa_vae.atoms`) trains ``pilot_steps`` steps and the highest bound continues (see
-        :mod:`mapa_vae.mapa_setup`); for Gaussian codes above 1-D, ``"pca"`` (no pilots). A
-        candidate's name (or ``"pca"``: principal components of the smoothed data) uses it
-        alone; ``"seriation"`` takes the least rough 1-D candidate without pilots; ``"random"``
-        is a random attachment. An array gives coordinates per training point (e.g. known
-        codes) whose arrangement the atoms take over.
+        The atoms' initial attachment. ``"auto"``: each data-only candidate of
+        :mod:`mapa_vae.atoms` (1-D: coarse, fiedler, angle; 2-D: isomap up to 4096 points,
+        spectral) trains ``pilot_steps`` steps and the highest bound continues
+        (:mod:`mapa_vae.mapa_setup`). A candidate's name uses it alone (``"seriation"``: the
+        least rough 1-D candidate; ``"random"``); an array gives coordinates per training point
+        whose arrangement the atoms take over.
     pilot_steps : int, default=200
-        Steps each candidate trains before the bound chooses among them (``init="auto"``).
-        The candidates share the ``steps`` budget: for ``K`` candidates the winner stops at
-        ``steps − (K − 1) · pilot_steps``, and every pass they spend is counted. Without room
-        for pilots (``pilot_steps=0`` or too few steps), the least rough candidate is used.
-    project_every, reattach_every : int
-        Steps between projections of the relaxed positions and between exact re-attachments
-        (0 disables; ``codes="atoms"`` only).
+        Steps each candidate trains before the bound chooses; the candidates share ``steps``
+        and every pass they spend is counted. ``0``: no pilots.
+    project_every, reattach_every : int, default=50 and 500
+        Steps between projections of the atoms' relaxed positions onto a permutation and
+        between exact re-attachments (``N`` decoder passes each; 0 disables).
     codes : {"auto", "gaussian", "atoms"}, default="auto"
-        Learned Gaussian codes per index, or a permutation of fixed atoms (see above); ``"auto"``:
-        atoms for ``latent_dim`` 1 and 2 (where they won: spiral, circle, swiss-roll, digits at
-        ``d_z = 2``; the codes' density is not held to the prior, only each code's KL), Gaussian
-        codes above (digits at ``d_z = 8`` on 16 whitened components, one evaluator, medians
-        of 3 seeds: 39.6 against 35.1 nats per image). Where Gaussian codes start:
-        ``code_start``.
+        ``"auto"``: atoms up to two latent dimensions, learned Gaussian codes above, where each
+        won (docs/history.md, "The atoms and their attachment").
     weights : {"mapa", "identity"}, default="mapa"
-        The index posterior ``W`` that training uses: MAPA's, or the identity (each point its own
-        index, no kernel; an ablation measuring what MAPA's smoothing contributes).
-        :meth:`posterior` answers with MAPA's weights either way.
+        The index posterior training uses; ``"identity"`` (``W = I``, no kernel) is an ablation
+        that measures the kernel's share. :meth:`posterior` answers with MAPA's weights either
+        way.
     code_learning_rate : float, optional
-        Peak learning rate of the codes. Gaussian codes (each is updated only when its index is
-        drawn, once every ``N / batch_size`` steps): default ``3 × learning_rate`` (on digits,
-        0.03 beat 0.1 and 0.3 at ``latent_dim=2`` and tied 0.1 at 8, with
-        ``learning_rate=0.01``). Atoms: the rate of the relaxed positions, default
-        ``POSITION_RATE × learning_rate``; Adam moves a position by about its rate per step
-        whatever the gradient's size, so this sets how far positions drift between
-        projections (README, "Atoms and attachment").
+        Peak rate of the codes: Gaussian codes 3 × ``learning_rate`` by default, atoms' relaxed
+        positions 0.1 × (Adam moves a position by about its rate per step, which sets how far
+        it drifts between projections).
     code_scale : float, default=0.1
-        Initial ``s_n`` of every Gaussian code that starts at the atoms
-        (``code_start="atoms"``), in units of the prior (of the logit for the uniform prior).
+        Initial width of Gaussian codes that start at the atoms (``code_start="atoms"``).
     importance_samples : int, default=1
-        Gaussian codes: draws ``K`` per code in each step, trained on the importance-weighted
-        bound over them (:class:`~mapa_vae.objectives.GaussianCodesBound`; ``K B`` decoder
-        passes per step, the bound at ``K = 1``). docs/gaussian_codes.md has what ``K = 2``
-        measured on digits.
+        Gaussian codes: ``K`` draws per code and step on the importance-weighted bound over
+        them (``K B`` decoder passes).
     code_tying : "auto" or float, default="auto"
-        Gaussian codes: ``λ ≥ 0``. From half-way through training, each drawn code's mean is
-        pulled toward the mean code of its 5 nearest training points in MAPA's representation,
-        with strength ``λ`` (at 1 as strongly as the prior pulls it toward 0; a regulariser
-        beside the bound, :class:`~mapa_vae.objectives.GaussianCodesBound`; no network passes).
-        Per-index codes over-fit late in training; docs/gaussian_codes.md has what it measured
-        on digits. ``"auto"``: 1 for Gaussian codes above two latent dimensions (where they are
-        the default), else 0; 0 leaves the codes free.
+        Gaussian codes: from half-way, each drawn code's mean is pulled toward its 5 nearest
+        training points' mean code with this strength (``"auto"``: 1 above two latent
+        dimensions, 0 below), against the per-index codes' late over-fitting.
     code_smoothing : "auto", float or None, default="auto"
-        Gaussian codes: ``K ≥ 1``. From half-way through training (until the codes are fixed),
-        each code learns, with the decoder held fixed, from the targets of MAPA's weights at the
-        width giving the median training row ``K`` effective neighbours, while the decoder and
-        ``σ`` still learn from the bound's own targets; a regulariser of the codes, at a second
-        decoder pass per index while it acts
-        (:class:`~mapa_vae.objectives.GaussianCodesBound`). It acts only where ``K`` smooths
-        more than the training weights do. ``"auto"``: 1.25 (the ceiling of
-        ``effective_neighbours="auto"``) for Gaussian codes above two latent dimensions with
-        MAPA's weights and one draw per code, else ``None`` (the codes learn from the bound's
-        targets throughout). docs/gaussian_codes.md has what it measured on digits.
+        Gaussian codes: from half-way until they are fixed, the codes learn (the decoder held)
+        from the targets of MAPA's weights at this many effective neighbours where those are
+        wider than the training weights (a second decoder pass per index while it acts;
+        ``"auto"``: 1.25 above two latent dimensions with MAPA's weights and one draw per code).
     code_freeze_at : "auto" or float, default="auto"
-        Gaussian codes: the share of the steps after which the codes stay fixed and the decoder
-        and ``σ`` alone train on (1: the codes learn throughout; 0: they stay at their start).
-        An early stop of the codes alone, against their late over-fitting;
-        docs/gaussian_codes.md has what it measured on digits and ``linear-gaussian``.
-        ``"auto"``, for Gaussian codes above two latent dimensions: 0 where they start at the
-        data's PPCA posterior and the data pass Bartlett's test that PPCA is their model (the
-        last ``D − latent_dim`` principal variances equal, p ≥ :data:`ISOTROPY_LEVEL`;
-        :func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`), for that start is then the
-        model's posterior and learning the codes only over-fits them; else 0.75. 1 below.
+        Gaussian codes: the share of the steps after which they stay fixed while the decoder
+        trains on. ``"auto"``: 0 (they stay at their start) where they start at the data's PPCA
+        posterior and the data pass Bartlett's test that PPCA is their model (``p ≥``
+        :data:`ISOTROPY_LEVEL`: that start is then the model's posterior), else 0.75; 1 below
+        three latent dimensions.
     code_mean_rate : float, optional
-        Gaussian codes: the peak rate ``r`` of the codes' means in units of each code's own
-        width. The means train in an optimiser group of their own at rate ``r`` (the
-        schedule's shape), and each step's change of ``μ_n`` is multiplied by ``s_n``, so a
-        mean moves by about ``r s_n`` per step (Adam's step is about its rate whatever the
-        gradient's size): far where the code is wide, little where the data pin it down. Each
-        code's gradient comes only once every ``N / batch_size`` steps, when its index is
-        drawn, and the code lags the decoder in between
-        (:class:`~mapa_vae.objectives.GaussianCodesBound`; no network passes).
-        ``code_learning_rate`` then sets the scales' rate alone. ``None`` (the default): the
-        means learn with the scales, at ``code_learning_rate``, in the prior's units. At 0.3
-        it gains on ``linear-gaussian`` and on digits up to ``latent_dim=16``, and loses on
-        digits from 20 up and on the bundled tables (docs/gaussian_codes.md, "The means' steps
-        in widths").
+        Gaussian codes: the means' peak rate in units of each code's width (each step's change
+        of ``μ_n`` multiplied by ``s_n``); ``None``: the means learn with the widths at
+        ``code_learning_rate``.
     code_start : {"auto", "atoms", "ppca"}, default="auto"
-        Where Gaussian codes start. ``"atoms"``: at the atoms the initial attachment gives each
-        index (so ``init`` applies to both), with width ``code_scale``. ``"ppca"``: at each
-        point's posterior under the data's probabilistic PCA
-        (:func:`~mapa_vae.mapa_setup.probabilistic_pca_codes`; means and widths, from the data
-        alone, no attachment). ``"auto"``: ``"ppca"`` above two latent dimensions under the
-        normal prior with ``init="auto"`` (where ``latent_dim`` is below the number of points
-        and of data dimensions), else ``"atoms"``. PPCA's start keeps each point's principal
-        coordinates, which the atoms' transport scrambles locally: on ``linear-gaussian`` and
-        on digits at ``latent_dim`` 8 to 32 it scores higher (README, "How things are
-        computed").
+        Where Gaussian codes start: at the initial attachment's atoms, or at each point's
+        posterior under the data's probabilistic PCA
+        (:func:`~mapa_vae.mapa_setup.probabilistic_pca_codes`). ``"auto"``: ``"ppca"`` above two
+        latent dimensions under the normal prior with ``init="auto"`` (where it scored higher on
+        ``linear-gaussian`` and digits; docs/results.md), else ``"atoms"``.
     random_state : int, optional
-        Seeds everything (network initialisation, minibatches, atoms).
+        Seeds everything (initialisation, minibatches, atoms, draws).
+    verbose : bool, default=False
+        A progress bar over the steps.
     device : str, default="cpu"
-        Where training runs (``"cuda"``, ``"cuda:1"``, ``"mps"``); a device this machine lacks is
-        a ``ValueError``. Scores are computed on the CPU in float64.
+        Where training runs (``"cuda"``, ``"mps"``); scores are computed on the CPU in float64.
     distributed : bool, default=False
-        Train as one rank of a data-parallel run (launched by ``torchrun``, process group
-        initialised): each rank takes its share of every minibatch and gradients are summed
-        over ranks, giving one process's result (:mod:`mapa_vae.distributed`).
+        Train as one rank of a ``torchrun`` data-parallel run (:mod:`mapa_vae.distributed`).
     dtype : {"float32", "float64"}, default="float32"
-        The floating-point type training runs in. ``"float64"`` is slower but rounds about
-        10⁹ times more finely, so results depend far less on summation order (process count,
-        the machine's kernels). Scores are always computed in float64.
+        The floating-point type of training; float64 makes results depend far less on the
+        machine's summation order.
 
     Attributes
     ----------
