@@ -8,31 +8,9 @@ Prints the fit's wall seconds (``make_estimator(...).fit(X)``, setup included, o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-
-
-def parse_value(text: str):
-    """A setting's value from the command line: JSON where it parses (``null``, numbers,
-    lists), else the string itself (``auto``)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_settings(items: list[str], parser, option: str) -> dict:
-    """Estimator settings from ``NAME=VALUE`` items (:func:`parse_value`); a malformed item is a
-    usage error naming ``option``."""
-    settings = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if not name or not value:
-            parser.error(f"{option} {item}: expected NAME=VALUE")
-        settings[name] = parse_value(value)
-    return settings
 
 
 def main(argv=None) -> None:
@@ -46,10 +24,12 @@ def main(argv=None) -> None:
                         help="further estimator settings, VALUE as JSON where it parses "
                              "(e.g. code_smoothing=null)")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from select_setting import parse_settings
+
     extra = parse_settings(args.extra, parser, "--extra")
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from digits import digits, protocol_params
 
     from mapa_vae.methods import make_estimator

@@ -24,19 +24,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 
+def parse_value(text: str):
+    """A setting's value from the command line: JSON where it parses (``null``, numbers,
+    lists), else the string itself (``auto``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_settings(items: list[str], parser, option: str) -> dict:
+    """Estimator settings from ``NAME=VALUE`` items (:func:`parse_value`); a malformed item is a
+    usage error naming ``option``."""
+    settings = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            parser.error(f"{option} {item}: expected NAME=VALUE")
+        settings[name] = parse_value(value)
+    return settings
+
+
+
 def candidates_from(tokens: list[str]) -> list[dict]:
     """Candidate settings from the command line: ``NAME VALUE ...`` (one setting, two values at
     least) or JSON objects, one per candidate. Raises ``ValueError`` naming what is wrong."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fit_time import parse_value
-
     if tokens and tokens[0].lstrip().startswith("{"):
         candidates = [parse_value(t) for t in tokens]
         if len(candidates) < 2 or not all(isinstance(c, dict) for c in candidates):

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="bench-results/tabular")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from fit_time import parse_settings
+    from select_setting import parse_settings
     from select_setting import parse_candidates
 
     if args.compare and args.select:
