@@ -50,9 +50,9 @@ def test_scheduling_cost_grows_with_the_sample_count():
 
 def test_a_new_mapa_variant_is_one_entry(monkeypatch):
     """Adding a Method is all that a run, the bench and the CLI need."""
-    variant = methods.Method("mapa-wide", MAPADensity, "MAPA with a wider kernel", 0.02,
+    variant = methods.Method("mapa-wide", MAPADensity, "MAPA with a wider kernel",
                              cost=lambda s: 1, settings={"bandwidth": 0.5}, in_bench=False,
-                             metrics=methods.METHODS["mapa"].metrics)
+                             metrics=methods.METHODS["mapa"].metrics, learning_rate=0.02)
     monkeypatch.setitem(methods.METHODS, "mapa-wide", variant)
     config = RunConfig.from_settings(method="mapa-wide", steps=20).validate()
     assert config.training.learning_rate == 0.02 and config.label == "mapa-wide"

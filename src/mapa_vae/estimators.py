@@ -112,9 +112,15 @@ class GaussianPosterior:
 
 
 class _LatentDensity(DensityMixin, BaseEstimator):
-    """Shared machinery; subclasses build the objective."""
+    """Shared machinery; subclasses build the objective.
+
+    ``protocol_learning_rate``: the method's peak Adam rate under the project's protocol
+    (cosine-annealed), chosen by ``benchmarks/tune_learning_rates.py`` from {0.003, 0.01, 0.03}
+    on seeds the bench never uses (docs/learning_rates.md; IWAE chose 0.01 for each of S = 5,
+    10, 50); what ``learning_rate=None`` means."""
 
     method = "base"
+    protocol_learning_rate = 0.01
 
     # --- building ---------------------------------------------------------------------------
     def _seed(self) -> int:
@@ -125,13 +131,10 @@ class _LatentDensity(DensityMixin, BaseEstimator):
         return int(np.random.default_rng(self.random_state).integers(2**31))
 
     def _learning_rate(self) -> float:
-        """``learning_rate``, or the method's protocol rate when it is ``None``
-        (:mod:`mapa_vae.methods`)."""
+        """``learning_rate``, or the method's protocol rate when it is ``None``."""
         if self.learning_rate is not None:
             return self.learning_rate
-        from .methods import METHODS
-
-        return METHODS[self.method].learning_rate
+        return self.protocol_learning_rate
 
     def _torch_dtype(self) -> torch.dtype:
         """The floating-point type training runs in (``dtype``: "float32" or "float64")."""
@@ -893,6 +896,7 @@ class VAEDensity(_EncoderDensity):
     ELBO; same decoder, optimiser, batch and steps as :class:`MAPADensity`."""
 
     method = "vae"
+    protocol_learning_rate = 0.03
 
     def __init__(self, decoder=None, encoder=None, latent_dim=1, prior="normal", sigma=None,
                  likelihood="gaussian", hidden=(64, 64), steps=_TRAINING.steps,

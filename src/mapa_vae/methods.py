@@ -44,10 +44,8 @@ class Method:
     """One method.
 
     ``estimator`` with ``settings`` fixed; ``samples``: the default ``S`` (``None``: the method
-    has no sample count); ``learning_rate``: the protocol's peak Adam rate (cosine-annealed), chosen by
-    ``benchmarks/tune_learning_rates.py`` from {0.003, 0.01, 0.03} on seeds the bench never
-    uses (docs/learning_rates.md; IWAE chose 0.01 for each of S = 5, 10, 50);
-    ``cost(S)``: decoder and encoder passes per training point per step, relative, to schedule
+    has no sample count); ``learning_rate``: the protocol's peak Adam rate (cosine-annealed),
+    by default the estimator's ``protocol_learning_rate``; ``cost(S)``: decoder and encoder passes per training point per step, relative, to schedule
     the longest runs first; ``bench_samples``: the sample counts the default bench runs (methods
     with ``S``), ``in_bench``: whether the default bench runs it; ``metrics(estimator)``: numbers
     the method adds to a run's metrics."""
@@ -55,13 +53,17 @@ class Method:
     name: str
     estimator: type
     summary: str
-    learning_rate: float
     cost: Callable[[int | None], float]
     settings: dict = field(default_factory=dict)
     samples: int | None = None
     in_bench: bool = True
     bench_samples: tuple = ()
     metrics: Callable | None = None
+    learning_rate: float | None = None
+
+    def __post_init__(self):
+        if self.learning_rate is None:  # frozen: set once, here
+            object.__setattr__(self, "learning_rate", self.estimator.protocol_learning_rate)
 
     @property
     def family(self) -> str:
@@ -86,24 +88,24 @@ class Method:
 #: The methods, in report order.
 METHODS = {m.name: m for m in [
     Method("mapa", MAPADensity, "MAPA: no encoder, a fixed index posterior from the data",
-           0.01, cost=lambda s: 1, metrics=_mapa_metrics),
+           cost=lambda s: 1, metrics=_mapa_metrics),
     Method("mapa-identity", MAPADensity, "MAPA with the identity as index posterior (no "
-           "kernel smoothing; an ablation)", 0.01, cost=lambda s: 1,
+           "kernel smoothing; an ablation)", cost=lambda s: 1,
            settings={"weights": "identity"}, metrics=_mapa_metrics),
     Method("mapa-atoms", MAPADensity, "MAPA over a permutation of fixed atoms (the default "
-           "at latent dimension 1 and 2)", 0.01, cost=lambda s: 1,
+           "at latent dimension 1 and 2)", cost=lambda s: 1,
            settings={"codes": "atoms"}, in_bench=False, metrics=_mapa_metrics),
     Method("mapa-gaussian", MAPADensity, "MAPA over learned Gaussian codes per index (the "
-           "default above latent dimension 2)", 0.01, cost=lambda s: 1,
+           "default above latent dimension 2)", cost=lambda s: 1,
            settings={"codes": "gaussian"}, in_bench=False, metrics=_mapa_metrics),
-    Method("vae", VAEDensity, "the VAE: Gaussian encoder, one-sample ELBO", 0.03,
+    Method("vae", VAEDensity, "the VAE: Gaussian encoder, one-sample ELBO",
            cost=lambda s: 2),
-    Method("iwae", IWAEDensity, "IWAE with S importance samples", 0.01, cost=lambda s: 1 + s,
+    Method("iwae", IWAEDensity, "IWAE with S importance samples", cost=lambda s: 1 + s,
            samples=10, bench_samples=(5, 10, 50)),
-    Method("lagging", LaggingVAEDensity, "the lagging-encoder VAE (He et al., 2019)", 0.01,
+    Method("lagging", LaggingVAEDensity, "the lagging-encoder VAE (He et al., 2019)",
            cost=lambda s: 6),
     Method("prior-is", PriorISDensity, "S prior draws per step shared by the batch (an "
-           "ablation)", 0.01, cost=lambda s: s / 100, samples=100, bench_samples=(100,)),
+           "ablation)", cost=lambda s: s / 100, samples=100, bench_samples=(100,)),
 ]}
 
 #: Every method name.
