@@ -50,8 +50,8 @@ TRAINING_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: (:func:`~mapa_vae.mapa_setup.residual_isotropy_pvalue`; ``code_freeze_at="auto"``).
 ISOTROPY_LEVEL = 0.01
 #: Up to two latent dimensions, ``features="auto"`` keeps the data themselves while an exact
-#: search for their neighbours costs at most this many multiply-adds (``N² D``: 15 s on 2 cores;
-#: 60 000 images of 784 pixels need 2.8·10¹²) ...
+#: search for their neighbours costs at most this many multiply-adds, ``N² D`` (60 000 images
+#: of 784 pixels need 2.8·10¹², about 90 s on 2 cores: 3 s for 2048 of the rows) ...
 RAW_SEARCH_BUDGET = 1 << 35
 #: ... and beyond, takes this many whitened principal components, where the k-d tree finds
 #: their neighbours fast (:mod:`mapa_vae.neighbours`: 16 components of 60 000 images took 34 s).
