@@ -39,6 +39,7 @@ import torch
 
 from . import __version__, methods
 from .data import SCORE_SEED, Data, Preparation, prepare, read
+from .experiment import fit_costs
 from .files import save_figure, write_csv, write_json
 from .networks import ConvDecoder
 from .trainer import TrainingSettings, load_torch
@@ -195,21 +196,13 @@ def fit_estimator(config: DataFitConfig, out: str | Path | None = None,
     wall = time.perf_counter() - start
     score = held_out_score(estimator, data.test, data.preparation, config.seed,
                            config.evaluator_samples, config.anneal_steps, progress)
-    history = estimator.history_
     metrics = {
         "data": data.name, "method": config.method, "label": config.label, "seed": config.seed,
         "latent_dim": config.latent_dim, "likelihood": config.likelihood,
         **data.summary(),
         **summarize(score, data.preparation),
         "evaluator": score["evaluator"],
-        "sigma": estimator.sigma_,
-        "passes_per_step": estimator.passes_per_step_,
-        "total_passes": int(estimator.total_passes_),
-        "setup_seconds": estimator.setup_seconds_,
-        "train_seconds": estimator.train_seconds_,
-        "seconds": estimator.setup_seconds_ + estimator.train_seconds_,
-        "fit_wall_seconds": wall,
-        "final_objective": history[-1]["objective"],
+        **fit_costs(estimator, wall),
         "decoder": spec,
         "config": config.as_dict(),
         "version": __version__,

@@ -198,6 +198,23 @@ def fit_monitor(config: RunConfig, truth, X_test: np.ndarray, log_p_true: np.nda
     return monitor
 
 
+def fit_costs(estimator, wall: float) -> dict:
+    """What a fitted estimator cost and where it ended: its network passes (per step and in
+    all), its setup, training and whole seconds (``wall``: the fit's wall time as the caller
+    measured it), its final objective and its learned ``σ`` (``None`` where the likelihood has
+    none)."""
+    return {
+        "passes_per_step": estimator.passes_per_step_,
+        "total_passes": int(estimator.total_passes_),
+        "train_seconds": estimator.train_seconds_,
+        "setup_seconds": estimator.setup_seconds_,
+        "seconds": estimator.setup_seconds_ + estimator.train_seconds_,
+        "fit_wall_seconds": wall,
+        "final_objective": estimator.history_[-1]["objective"],
+        "sigma": estimator.sigma_,
+    }
+
+
 def run(config: RunConfig, out: str | Path | None = None, progress: bool = False,
         truth_cache: str | Path | None = None, name: str | None = None,
         on_log=None) -> dict:
@@ -231,14 +248,7 @@ def run(config: RunConfig, out: str | Path | None = None, progress: bool = False
         "test_kl_se": float(diff.std(ddof=1) / math.sqrt(diff.size)),
         "test_log_prob": float(np.mean(log_p_true - diff)),
         "true_log_prob": float(np.mean(log_p_true)),
-        "passes_per_step": estimator.passes_per_step_,
-        "total_passes": int(estimator.total_passes_),
-        "train_seconds": estimator.train_seconds_,
-        "setup_seconds": estimator.setup_seconds_,
-        "seconds": estimator.setup_seconds_ + estimator.train_seconds_,
-        "fit_wall_seconds": wall,
-        "final_objective": history[-1]["objective"],
-        "sigma": estimator.sigma_,
+        **fit_costs(estimator, wall),
         "true_sigma": truth.sigma,
         "config": config.as_dict(),
         "version": __version__,
