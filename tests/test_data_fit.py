@@ -56,8 +56,13 @@ def test_a_table_fits_scores_samples_and_answers_posteriors(table, tmp_path, cap
                 "setup_seconds", "seconds", "fit_wall_seconds"):
         assert np.isfinite(m[key])
     assert "test_bits_per_dim" not in m  # a table
-    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["history.csv", "metrics.json", "model.pt",
+                                                     "test_scores.csv"]
     assert "test log-likelihood" in capsys.readouterr().out
+    tested = list(csv.DictReader((out / "test_scores.csv").open()))  # row by row, for pairing
+    assert [int(r["row"]) for r in tested] == list(range(1, 31))
+    assert np.mean([float(r["log_prob"]) for r in tested]) == pytest.approx(
+        m["test_log_likelihood"], rel=1e-12)
     # scored in the columns' own units: log p(x) = log p(z) − Σ log s_d
     model = data_fit.load(out)
     prep = model.preparation
@@ -185,3 +190,12 @@ def test_compare_fits_every_method_on_the_same_rows(images, tmp_path, capsys):
     assert (out / "mapa" / "model.pt").is_file() and (out / "vae" / "model.pt").is_file()
     printed = capsys.readouterr().out
     assert "| mapa |" in printed and "| vae |" in printed
+    # the VAE against MAPA row by row: the mean of the differences, and their standard error
+    a, b = ([float(r["log_prob"]) for r in csv.DictReader((out / m / "test_scores.csv").open())]
+            for m in ("mapa", "vae"))
+    diff = np.subtract(b, a)
+    paired = rows[1]["paired_difference"]
+    assert paired["against"] == "mapa" and "paired_difference" not in rows[0]
+    assert paired["mean"] == pytest.approx(rows[1]["test_log_likelihood"]
+                                           - rows[0]["test_log_likelihood"], abs=1e-9)
+    assert paired["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(diff.size), rel=1e-9)

@@ -241,14 +241,13 @@ def _print_compare(result: dict, out: str) -> None:
 
 def score(args) -> tuple[dict, bool]:
     """Per-row log-likelihoods of new rows under a model folder's model."""
-    from .data_fit import score as score_rows
+    from .data_fit import score as score_rows, score_table
     from .files import write_csv
 
     result, summary = score_rows(args.model, args.file, n_samples=args.evaluator_samples,
                                  anneal_steps=args.anneal_steps, seed=args.seed,
                                  progress=not args.quiet)
-    rows = [{"row": i + 1, "log_prob": float(lp), "se": float(se)}
-            for i, (lp, se) in enumerate(zip(result["log_prob"], result["se"]))]
+    rows = score_table(result)
     if args.out is not None:
         write_csv(args.out, rows)
     summary["rows"] = rows
