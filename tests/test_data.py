@@ -174,3 +174,5 @@ def test_scikit_learns_bundled_sets_by_name():
     wine = prepare("wine", seed=0)
     assert wine.train.shape[1] == 13 and wine.preparation.mean is not None
     assert read("breast-cancer").values.shape == (569, 30)
+    diabetes = read("diabetes")
+    assert diabetes.values.shape == (442, 10) and diabetes.levels is None

@@ -6,8 +6,8 @@ A *source* is a file or a name:
 * ``file.npy``: one array; ``file.npz``: the only array inside, or ``file.npz:key``;
   ``file.csv`` / ``file.tsv``: numbers separated by commas or tabs, with or without one header
   row; ``*-ubyte`` / ``*-ubyte.gz`` / ``*.idx``: an IDX file (the MNIST format), gzipped or not.
-* ``digits`` (8 × 8 images, levels 0–16), ``wine`` (178 × 13) and ``breast-cancer``
-  (569 × 30), shipped with scikit-learn; ``fashion-mnist`` (60 000 training and 10 000 test
+* ``digits`` (8 × 8 images, levels 0–16), ``wine`` (178 × 13), ``breast-cancer`` (569 × 30)
+  and ``diabetes`` (442 × 10), shipped with scikit-learn; ``fashion-mnist`` (60 000 training and 10 000 test
   images of 28 × 28, levels 0–255) from the Debian package ``dataset-fashion-mnist``, whose
   official test split is its test set. Nothing is downloaded.
 
@@ -48,7 +48,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"}
 #: The seed of the binarisation and dequantisation of rows to score.
 SCORE_SEED = 0
-NAMED = ("digits", "wine", "breast-cancer", "fashion-mnist")
+NAMED = ("digits", "wine", "breast-cancer", "diabetes", "fashion-mnist")
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -262,7 +262,8 @@ def _named(name: str) -> Source:
 
     if name == "digits":
         return Source(name, bundled.load_digits().data.astype(np.int64), (8, 8), 17)
-    loader = {"wine": bundled.load_wine, "breast-cancer": bundled.load_breast_cancer}[name]
+    loader = {"wine": bundled.load_wine, "breast-cancer": bundled.load_breast_cancer,
+              "diabetes": bundled.load_diabetes}[name]
     return Source(name, loader().data.astype(np.float64))
 
 
