@@ -283,7 +283,8 @@ def figure(rows: list[dict], path: Path) -> None:
                         ax.scatter([r[key] for r in runs],
                                    [r["test_log_likelihood"] for r in runs],
                                    color=colours[m], label=runs[0]["label"], s=18)
-                ax.set_xscale("log")
+                ax.set_xlim(left=0)
+                ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
                 ax.set_xlabel(label)
                 ax.set_title(f"{lik}, d_z = {d}", fontsize=9)
                 if 2 * j + k == 0:
