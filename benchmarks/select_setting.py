@@ -51,7 +51,6 @@ def parse_settings(items: list[str], parser, option: str) -> dict:
     return settings
 
 
-
 def candidates_from(tokens: list[str]) -> list[dict]:
     """Candidate settings from the command line: ``NAME VALUE ...`` (one setting, two values at
     least) or JSON objects, one per candidate. Raises ``ValueError`` naming what is wrong."""

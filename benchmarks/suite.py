@@ -143,7 +143,7 @@ def _fit(job) -> dict:
     from mapa_vae.experiment import run
     from mapa_vae.files import write_json
 
-    metrics = (run(config, folder, truth_cache=truth_cache) if hasattr(config, "dataset")
+    metrics = (run(config, folder, truth_cache=truth_cache) if labels["kind"] == "truth"
                else fit(config, folder))
     metrics.update(labels)
     write_json(Path(folder) / "metrics.json", metrics)

@@ -93,8 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="bench-results/tabular")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    from select_setting import parse_settings
-    from select_setting import parse_candidates
+    from select_setting import parse_candidates, parse_settings
 
     if args.compare and args.select:
         parser.error("give --compare or --select, not both")

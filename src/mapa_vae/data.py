@@ -7,9 +7,9 @@ A *source* is a file or a name:
   ``file.csv`` / ``file.tsv``: numbers separated by commas or tabs, with or without one header
   row; ``*-ubyte`` / ``*-ubyte.gz`` / ``*.idx``: an IDX file (the MNIST format), gzipped or not.
 * ``digits`` (8 × 8 images, levels 0–16), ``wine`` (178 × 13), ``breast-cancer`` (569 × 30)
-  and ``diabetes`` (442 × 10), shipped with scikit-learn; ``fashion-mnist`` (60 000 training and 10 000 test
-  images of 28 × 28, levels 0–255) from the Debian package ``dataset-fashion-mnist``, whose
-  official test split is its test set. Nothing is downloaded.
+  and ``diabetes`` (442 × 10), shipped with scikit-learn; ``fashion-mnist`` (60 000 training
+  and 10 000 test images of 28 × 28, levels 0–255) from the Debian package
+  ``dataset-fashion-mnist``, whose official test split is its test set. Nothing is downloaded.
 
 An array of more than two axes holds images: ``(N, H, W)`` becomes rows of ``H · W`` pixels.
 An array of integers (a ``.npy``, ``.npz`` or IDX file of an integer type, and the named image

@@ -42,7 +42,7 @@ import torch
 from . import __version__, methods
 from .data import SCORE_SEED, Data, Preparation, prepare, read
 from .experiment import fit_costs
-from .files import save_figure, write_csv, write_json
+from .files import save_figure, write_csv, write_json, write_text
 from .networks import ConvDecoder
 from .trainer import TrainingSettings, load_torch
 from .validation import check_positive_int
@@ -306,8 +306,6 @@ def compare(config: DataFitConfig, methods_: list[str], out: str | Path,
     flat = [{k: v for k, v in row.items() if not isinstance(v, (dict, list))} for row in rows]
     write_json(out / "results.json", rows)
     write_csv(out / "results.csv", flat)
-    from .files import write_text
-
     write_text(out / "summary.md", table)
     import matplotlib.pyplot as plt
 

@@ -45,8 +45,8 @@ class Method:
 
     ``estimator`` with ``settings`` fixed; ``samples``: the default ``S`` (``None``: the method
     has no sample count); ``learning_rate``: the protocol's peak Adam rate (cosine-annealed),
-    by default the estimator's ``protocol_learning_rate``; ``cost(S)``: decoder and encoder passes per training point per step, relative, to schedule
-    the longest runs first; ``bench_samples``: the sample counts the default bench runs (methods
+    by default the estimator's ``protocol_learning_rate``; ``cost(S)``: decoder and encoder
+    passes per training point per step, relative, to schedule the longest runs first; ``bench_samples``: the sample counts the default bench runs (methods
     with ``S``), ``in_bench``: whether the default bench runs it; ``metrics(estimator)``: numbers
     the method adds to a run's metrics."""
 
